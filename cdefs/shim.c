@@ -1,0 +1,182 @@
+/* The C side of libkms-pkcs11.so: starting Python safely inside any host, fork handlers, and the
+   PKCS#11 entry points that must work before (or without) Python: C_GetFunctionList and
+   C_GetInterface*. build_ffi.py places this after the generated function tables and before the
+   generated entry points, which call kms_start() before entering Python. */
+
+#include <dlfcn.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+
+/* KMS_PY_EXECUTABLE and KMS_PY_VERSION ("3.11") are defined by build_ffi.py. */
+
+static pthread_once_t kms_once = PTHREAD_ONCE_INIT;
+static int kms_started = 0;              /* 1 once Python and our cffi module are up */
+static int kms_owns_interpreter = 0;     /* 1 when we initialised Python (a C host) */
+static __thread int kms_fork_holds_gil = 0;
+static __thread PyGILState_STATE kms_fork_gil;
+
+static void kms_log(const char *msg)
+{
+    /* stderr only: stdout belongs to the host (and p11-kit remote speaks on it). */
+    fprintf(stderr, "pkcs11-kms: %s\n", msg);
+}
+
+/* DESIGN 2.1: hosts dlopen us RTLD_LOCAL, which hides libpython from Python's own extension
+   modules. Re-open libpython into the global scope. */
+static void kms_promote_libpython(void)
+{
+    Dl_info info;
+    if (dladdr((void *)&Py_IsInitialized, &info) && info.dli_fname != NULL)
+        (void)dlopen(info.dli_fname, RTLD_NOW | RTLD_GLOBAL | RTLD_NOLOAD);
+}
+
+/* DESIGN 3 (fork): hold the GIL across fork() so the child does not inherit it locked by a thread
+   that no longer exists. Skipped when the forking thread already holds it (os.fork). */
+static void kms_before_fork(void)
+{
+    kms_fork_holds_gil = 0;
+    if (!kms_owns_interpreter || !Py_IsInitialized() || PyGILState_Check())
+        return;
+    kms_fork_gil = PyGILState_Ensure();
+    PyOS_BeforeFork();
+    kms_fork_holds_gil = 1;
+}
+
+static void kms_after_fork_parent(void)
+{
+    if (!kms_fork_holds_gil)
+        return;
+    kms_fork_holds_gil = 0;
+    PyOS_AfterFork_Parent();
+    PyGILState_Release(kms_fork_gil);
+}
+
+static void kms_after_fork_child(void)
+{
+    if (!kms_fork_holds_gil)
+        return;
+    kms_fork_holds_gil = 0;
+    PyOS_AfterFork_Child();
+    PyGILState_Release(kms_fork_gil);
+}
+
+/* DESIGN 2.4/2.5: an isolated interpreter bound to the Python the module was built for; no signal
+   handlers; the host's SIGINT disposition survives. */
+static int kms_start_interpreter(void)
+{
+    PyStatus status;
+    PyConfig config;
+
+    PyConfig_InitIsolatedConfig(&config);
+    config.install_signal_handlers = 0;
+    config.site_import = 1;
+    config.parse_argv = 0;
+    config.write_bytecode = 0;
+    status = PyConfig_SetBytesString(&config, &config.executable, KMS_PY_EXECUTABLE);
+    if (!PyStatus_Exception(status))
+        status = PyConfig_SetBytesString(&config, &config.program_name, KMS_PY_EXECUTABLE);
+    if (!PyStatus_Exception(status))
+        status = Py_InitializeFromConfig(&config);
+    PyConfig_Clear(&config);
+    if (PyStatus_Exception(status)) {
+        /* Never Py_ExitStatusException(): that would exit the host. */
+        fprintf(stderr, "pkcs11-kms: cannot start Python (%s): %s\n", KMS_PY_EXECUTABLE,
+                status.err_msg ? status.err_msg : "unknown error");
+        return -1;
+    }
+    (void)PyEval_SaveThread();
+    kms_owns_interpreter = 1;
+    return 0;
+}
+
+static void kms_do_start(void)
+{
+    struct sigaction saved_sigint;
+    int restore_sigint = 0;
+
+    kms_promote_libpython();
+    if (Py_IsInitialized()) {
+        /* DESIGN 2.6/2.7: inside a Python host, share its interpreter if it is our X.Y. */
+        const char *running = Py_GetVersion();
+        size_t n = strlen(KMS_PY_VERSION);
+        if (strncmp(running, KMS_PY_VERSION, n) != 0 || running[n] != '.') {
+            kms_log("the host runs another Python version than this module was built for "
+                    "(" KMS_PY_VERSION "); refusing to start");
+            return;
+        }
+    } else {
+        restore_sigint = sigaction(SIGINT, NULL, &saved_sigint) == 0;
+        if (kms_start_interpreter() != 0)
+            return;
+    }
+    if (cffi_start_python() != 0) {
+        kms_log("cannot load the pkcs11_kms Python package (see the error above)");
+        return;
+    }
+    if (restore_sigint)
+        (void)sigaction(SIGINT, &saved_sigint, NULL);
+    if (kms_owns_interpreter)
+        (void)pthread_atfork(kms_before_fork, kms_after_fork_parent, kms_after_fork_child);
+    kms_started = 1;
+}
+
+/* 0 when Python is ready; -1 (the caller returns CKR_GENERAL_ERROR) when it never will be. */
+static int kms_start(void)
+{
+    (void)pthread_once(&kms_once, kms_do_start);
+    return kms_started ? 0 : -1;
+}
+
+static CK_INTERFACE kms_interfaces[] = {
+    {(CK_CHAR *)"PKCS 11", (CK_VOID_PTR)&kms_function_list_3_0, 0},
+    {(CK_CHAR *)"PKCS 11", (CK_VOID_PTR)&kms_function_list_2_40, 0},
+};
+#define KMS_INTERFACE_COUNT (sizeof(kms_interfaces) / sizeof(kms_interfaces[0]))
+
+KMS_EXPORT CK_RV C_GetFunctionList(CK_VOID_PTR_PTR ppFunctionList)
+{
+    if (ppFunctionList == NULL)
+        return 0x7UL; /* CKR_ARGUMENTS_BAD */
+    *ppFunctionList = (CK_VOID_PTR)&kms_function_list_2_40;
+    return 0;
+}
+
+KMS_EXPORT CK_RV C_GetInterfaceList(CK_INTERFACE_PTR pInterfacesList, CK_ULONG_PTR pulCount)
+{
+    if (pulCount == NULL)
+        return 0x7UL; /* CKR_ARGUMENTS_BAD */
+    if (pInterfacesList == NULL) {
+        *pulCount = KMS_INTERFACE_COUNT;
+        return 0;
+    }
+    if (*pulCount < KMS_INTERFACE_COUNT) {
+        *pulCount = KMS_INTERFACE_COUNT;
+        return 0x150UL; /* CKR_BUFFER_TOO_SMALL */
+    }
+    memcpy(pInterfacesList, kms_interfaces, sizeof(kms_interfaces));
+    *pulCount = KMS_INTERFACE_COUNT;
+    return 0;
+}
+
+KMS_EXPORT CK_RV C_GetInterface(CK_UTF8CHAR_PTR pInterfaceName, CK_VERSION_PTR pVersion,
+                                CK_INTERFACE_PTR_PTR ppInterface, CK_FLAGS flags)
+{
+    size_t i;
+    if (ppInterface == NULL)
+        return 0x7UL; /* CKR_ARGUMENTS_BAD */
+    for (i = 0; i < KMS_INTERFACE_COUNT; i++) {
+        CK_VERSION *v = (CK_VERSION *)kms_interfaces[i].pFunctionList;
+        if (pInterfaceName != NULL &&
+            strcmp((const char *)pInterfaceName, (const char *)kms_interfaces[i].pInterfaceName) != 0)
+            continue;
+        if (pVersion != NULL && (pVersion->major != v->major || pVersion->minor != v->minor))
+            continue;
+        if ((kms_interfaces[i].flags & flags) != flags)
+            continue;
+        *ppInterface = &kms_interfaces[i];
+        return 0;
+    }
+    return 0x7UL; /* CKR_ARGUMENTS_BAD: no such interface */
+}

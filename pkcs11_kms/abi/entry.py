@@ -1,0 +1,57 @@
+"""Attaches a Python callback to every PKCS#11 function; no exception ever reaches C (DESIGN 2.3)."""
+
+from __future__ import annotations
+
+import logging
+
+from _kms_pkcs11 import ffi, lib
+
+from ..ck import CKR
+from ..core.module import module
+from ..errors import PKCS11Error
+from . import functions
+
+log = logging.getLogger("pkcs11_kms.abi")
+
+IMPLEMENTATIONS = {name: getattr(functions, name) for name in functions.__all__}
+
+
+def _last_resort(exc_type, exc_value, traceback) -> None:  # type: ignore[no-untyped-def]
+    """cffi calls this when a callback itself could not return (it then returns the error value)."""
+    log.error("internal error in a PKCS#11 callback: %s", exc_type.__name__)
+
+
+def _not_supported(*_args: object) -> CKR:
+    module()  # CKR_CRYPTOKI_NOT_INITIALIZED first, as for every function
+    return CKR.FUNCTION_NOT_SUPPORTED
+
+
+def _guarded(name: str, implementation):  # type: ignore[no-untyped-def]
+    def callback(*args):  # type: ignore[no-untyped-def]
+        try:
+            rv = implementation(*args)
+            return CKR.OK if rv is None else int(rv)
+        except PKCS11Error as e:
+            if e.why:
+                log.debug("%s: %s", name, e)
+            return int(e.rv)
+        except BaseException:  # noqa: BLE001 - SystemExit and KeyboardInterrupt too: never CKR_OK
+            log.exception("%s failed", name)
+            return int(CKR.GENERAL_ERROR)
+
+    callback.__name__ = name
+    return callback
+
+
+def attach_all() -> list[str]:
+    """Registers every `py_C_*` callback the library declares; returns the names."""
+    names = sorted(n[3:] for n in dir(lib) if n.startswith("py_C_"))
+    for name in names:
+        implementation = IMPLEMENTATIONS.get(name, _not_supported)
+        ffi.def_extern(name="py_" + name, error=int(CKR.GENERAL_ERROR), onerror=_last_resort)(
+            _guarded(name, implementation)
+        )
+    return names
+
+
+ATTACHED = attach_all()

@@ -1,0 +1,65 @@
+"""The mechanism registry: which CKM_* a token offers for which keys (PKCS#11 §5.4 C_GetMechanism*).
+
+Mechanism families (pkcs11_kms/mechanisms/) register themselves here; the core asks the registry and
+never switches on a mechanism itself. An unregistered mechanism is CKR_MECHANISM_INVALID.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ..ck import CKF, CKK, CKM, CKR
+from ..errors import PKCS11Error
+from .keyspecs import KeySpec
+
+
+@dataclass(frozen=True)
+class Mechanism:
+    """A mechanism's static facts. `flags` are CKF_SIGN/VERIFY/ENCRYPT/DECRYPT/... (CKF_HW added)."""
+
+    mechanism: CKM
+    key_type: CKK
+    flags: int
+    key_usage: str  # the KMS KeyUsage a key needs for it
+    key_specs: frozenset[str] | None = None  # None: every spec of key_type
+
+
+_REGISTRY: dict[int, Mechanism] = {}
+
+
+def register(*mechanisms: Mechanism) -> None:
+    for m in mechanisms:
+        _REGISTRY[int(m.mechanism)] = m
+
+
+def lookup(mechanism: int) -> Mechanism:
+    try:
+        return _REGISTRY[mechanism]
+    except KeyError:
+        raise PKCS11Error(CKR.MECHANISM_INVALID, f"mechanism {mechanism:#x} is not offered") from None
+
+
+def applies(m: Mechanism, spec: KeySpec, usage: str) -> bool:
+    return (
+        m.key_type == spec.key_type
+        and m.key_usage == usage
+        and (m.key_specs is None or spec.name in m.key_specs)
+    )
+
+
+def allowed_for(spec: KeySpec, usage: str) -> list[CKM]:
+    """CKA_ALLOWED_MECHANISMS of a key."""
+    return [m.mechanism for m in _REGISTRY.values() if applies(m, spec, usage)]
+
+
+def offered(keys: Iterable[tuple[KeySpec, str]]) -> dict[int, tuple[int, int, int]]:
+    """For a token's keys: mechanism -> (min key size, max key size, flags), as C_GetMechanismInfo."""
+    out: dict[int, tuple[int, int, int]] = {}
+    for spec, usage in keys:
+        for m in _REGISTRY.values():
+            if not applies(m, spec, usage):
+                continue
+            lo, hi, flags = out.get(int(m.mechanism), (spec.bits, spec.bits, 0))
+            out[int(m.mechanism)] = (min(lo, spec.bits), max(hi, spec.bits), flags | m.flags | CKF.HW)
+    return out

@@ -1,0 +1,146 @@
+"""Module state (PKCS#11 §5.4 general-purpose functions): one Module between C_Initialize and C_Finalize."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from dataclasses import dataclass
+
+from .. import __version__
+from ..ck import CKF, CKR
+from ..config import Config, load_config
+from ..errors import ConfigError, PKCS11Error
+from .token import Token, fit_label
+
+log = logging.getLogger("pkcs11_kms.module")
+
+MANUFACTURER = "pkcs11-kms"
+LIBRARY_DESCRIPTION = "AWS KMS PKCS#11 module"
+
+
+@dataclass(frozen=True)
+class InitArgs:
+    """What C_Initialize's CK_C_INITIALIZE_ARGS said, already unpacked by the abi layer."""
+
+    flags: int = 0
+    mutex_callbacks: int = 0  # how many of the four mutex function pointers are set
+    reserved: str | None = None  # pReserved as a string (our extension: a config path)
+
+
+class Module:
+    def __init__(self, config: Config, threads_allowed: bool) -> None:
+        self.config = config
+        self.threads_allowed = threads_allowed
+        self.lock = threading.RLock()  # guards the dicts below; never held across a KMS call
+        self.pid = os.getpid()
+        self._tokens: list[Token] | None = None
+        self.sessions: dict[int, object] = {}
+
+    def tokens(self) -> list[Token]:
+        """The tokens, built on first need: KMS is called only when a token has one per key."""
+        if self._tokens is None:
+            tokens = build_tokens(self.config)
+            with self.lock:
+                if self._tokens is None:
+                    self._tokens = tokens
+        return self._tokens
+
+    def token(self, slot_id: int) -> Token:
+        tokens = self.tokens()
+        if not 0 <= slot_id < len(tokens):
+            raise PKCS11Error(CKR.SLOT_ID_INVALID, f"no slot {slot_id}")
+        return tokens[slot_id]
+
+
+def build_tokens(config: Config) -> list[Token]:
+    from ..kms import KmsError
+    from .token import discover, is_alias, alias_label
+
+    tokens: list[Token] = []
+    for tc in config.tokens:
+        if not tc.token_per_key:
+            region = tc.connection.region or "default region"
+            tokens.append(Token(len(tokens), tc, tc.label or fit_label(f"KMS {region}"), refs=tc.keys))
+            continue
+        if tc.keys is not None:  # one token per named key, still without calling KMS
+            for ref in tc.keys:
+                label = ref.label or (alias_label(ref.key) if is_alias(ref.key) else ref.key.rsplit("/", 1)[-1])
+                tokens.append(Token(len(tokens), tc, label, refs=(ref,)))
+            continue
+        try:
+            keys = discover(tc)
+        except KmsError as e:
+            raise PKCS11Error(e.rv, f"listing keys for token {tc.label or ''}: {e}") from e
+        for key in keys:
+            tokens.append(Token(len(tokens), tc, key.label, keys=[key]))
+    return tokens
+
+
+_module: Module | None = None
+_state_lock = threading.Lock()
+
+
+def module() -> Module:
+    """The initialised module, or CKR_CRYPTOKI_NOT_INITIALIZED."""
+    m = _module  # a forked child that does not re-initialise keeps its parent's (DESIGN 3)
+    if m is None:
+        raise PKCS11Error(CKR.CRYPTOKI_NOT_INITIALIZED)
+    return m
+
+
+def initialize(args: InitArgs) -> None:
+    """C_Initialize (§5.4): validate the locking arguments, read the config; no KMS call here."""
+    global _module
+    if args.mutex_callbacks not in (0, 4):
+        raise PKCS11Error(CKR.ARGUMENTS_BAD, "some but not all mutex callbacks are set")
+    if args.mutex_callbacks == 4 and not args.flags & CKF.OS_LOCKING_OK:
+        raise PKCS11Error(CKR.CANT_LOCK, "this module can only use OS locking")
+    with _state_lock:
+        if _module is not None:
+            if _module.pid == os.getpid():
+                raise PKCS11Error(CKR.CRYPTOKI_ALREADY_INITIALIZED)
+            log.debug("re-initialising in forked child %d", os.getpid())
+            _module = None
+        from .. import kms, logs
+
+        logs.configure(None, None)  # the level variable applies while the config loads
+        try:
+            config = load_config(args.reserved)
+        except ConfigError as e:
+            log.error("%s", e.why)
+            raise
+        logs.configure(config.log_level, config.log_file)
+        threads_allowed = not args.flags & CKF.LIBRARY_CANT_CREATE_OS_THREADS
+        kms.set_threads_allowed(threads_allowed)
+        _module = Module(config, threads_allowed)
+        log.debug("initialised pkcs11-kms %s with %s", __version__, config.path or "defaults")
+
+
+def finalize() -> None:
+    """C_Finalize (§5.4): forget every session; nothing risky while the interpreter shuts down."""
+    global _module
+    with _state_lock:
+        if _module is None:
+            raise PKCS11Error(CKR.CRYPTOKI_NOT_INITIALIZED)
+        _module = None
+    if sys.is_finalizing():
+        return
+    from .. import kms
+
+    kms.shutdown()
+
+
+@dataclass(frozen=True)
+class Info:
+    cryptoki_version: tuple[int, int] = (2, 40)
+    manufacturer: str = MANUFACTURER
+    flags: int = 0
+    description: str = LIBRARY_DESCRIPTION
+    library_version: tuple[int, int] = tuple(int(x) for x in __version__.split(".")[:2])  # type: ignore[assignment]
+
+
+def get_info() -> Info:
+    module()
+    return Info()

@@ -1,0 +1,111 @@
+"""Sessions and login (PKCS#11 §5.6): session handles, states, the user's login, object search."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..ck import CKF, CKR, CKS, CKU
+from ..errors import PKCS11Error
+from .module import Module, module
+from .token import Token
+
+_next_session = itertools.count(1)  # process-wide: a handle is never reused
+
+
+@dataclass
+class Session:
+    handle: int
+    token: Token
+    flags: int
+    find: list[int] | None = None  # handles still to return while a search is active
+    operations: dict[str, Any] = field(default_factory=dict)  # kind ("sign", ...) -> operation
+
+    @property
+    def state(self) -> CKS:
+        rw = bool(self.flags & CKF.RW_SESSION)
+        if self.token.logged_in:
+            return CKS.RW_USER_FUNCTIONS if rw else CKS.RO_USER_FUNCTIONS
+        return CKS.RW_PUBLIC_SESSION if rw else CKS.RO_PUBLIC_SESSION
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    slot_id: int
+    state: int
+    flags: int
+    device_error: int = 0
+
+
+def session(handle: int) -> Session:
+    m = module()
+    s = m.sessions.get(handle)
+    if s is None:
+        raise PKCS11Error(CKR.SESSION_HANDLE_INVALID, f"no session {handle}")
+    return s  # type: ignore[return-value]
+
+
+def open_session(slot_id: int, flags: int) -> int:
+    """C_OpenSession: the tokens are write-protected, so read/write sessions are refused."""
+    m = module()
+    token = m.token(slot_id)
+    if not flags & CKF.SERIAL_SESSION:
+        raise PKCS11Error(CKR.SESSION_PARALLEL_NOT_SUPPORTED)
+    if flags & CKF.RW_SESSION:
+        raise PKCS11Error(CKR.TOKEN_WRITE_PROTECTED, "KMS tokens are read-only")
+    with m.lock:
+        handle = next(_next_session)
+        m.sessions[handle] = Session(handle, token, flags)
+    return handle
+
+
+def _sessions_of(m: Module, token: Token) -> list[Session]:
+    return [s for s in m.sessions.values() if s.token is token]  # type: ignore[attr-defined]
+
+
+def close_session(handle: int) -> None:
+    m = module()
+    with m.lock:
+        s = session(handle)
+        del m.sessions[handle]
+        if not _sessions_of(m, s.token):
+            s.token.logged_in = False  # §5.6: closing the last session logs the user out
+
+
+def close_all_sessions(slot_id: int) -> None:
+    m = module()
+    token = m.token(slot_id)
+    with m.lock:
+        for s in _sessions_of(m, token):
+            del m.sessions[s.handle]
+        token.logged_in = False
+
+
+def get_session_info(handle: int) -> SessionInfo:
+    s = session(handle)
+    return SessionInfo(s.token.slot_id, s.state, s.flags)
+
+
+def login(handle: int, user_type: int, pin: bytes | None) -> None:
+    """C_Login: KMS authorises with IAM, so any PIN logs the user in; there is no security officer."""
+    s = session(handle)
+    if user_type == CKU.SO:
+        # Every session is read-only (the token is write-protected): §5.6's answer to an SO login.
+        raise PKCS11Error(CKR.SESSION_READ_ONLY_EXISTS, "this token has no security officer")
+    if user_type == CKU.CONTEXT_SPECIFIC:
+        if not s.token.logged_in:
+            raise PKCS11Error(CKR.USER_NOT_LOGGED_IN)
+        return  # no key needs CKA_ALWAYS_AUTHENTICATE; accept it as a no-op
+    if user_type != CKU.USER:
+        raise PKCS11Error(CKR.USER_TYPE_INVALID, f"user type {user_type}")
+    if s.token.logged_in:
+        raise PKCS11Error(CKR.USER_ALREADY_LOGGED_IN)
+    s.token.logged_in = True
+
+
+def logout(handle: int) -> None:
+    s = session(handle)
+    if not s.token.logged_in:
+        raise PKCS11Error(CKR.USER_NOT_LOGGED_IN)
+    s.token.logged_in = False

@@ -1,0 +1,141 @@
+"""Shared fixtures: a KMS server on loopback, dummy AWS credentials, boto3 clients to seed keys."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import boto3
+import pytest
+
+# Never reach the EC2 metadata service or real AWS from tests (DESIGN section 6).
+for _name, _value in {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "eu-west-1",
+    "AWS_REGION": "eu-west-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}.items():
+    os.environ[_name] = _value
+for _name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_KMS", "PKCS11_KMS_CONFIG"):
+    os.environ.pop(_name, None)
+
+REGION = "eu-west-1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class KmsServer:
+    endpoint_url: str
+    process: subprocess.Popen
+
+    def client(self, region: str = REGION):
+        return boto3.client("kms", region_name=region, endpoint_url=self.endpoint_url)
+
+
+def _wait_listening(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"KMS server exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("KMS server did not start listening")
+
+
+def start_kms_server() -> KmsServer:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    _wait_listening(port, proc)
+    return KmsServer(f"http://127.0.0.1:{port}", proc)
+
+
+@pytest.fixture(scope="session")
+def kms_server():
+    server = start_kms_server()
+    yield server
+    server.process.terminate()
+    server.process.wait(timeout=10)
+
+
+@dataclass
+class SeededKey:
+    key_id: str
+    arn: str
+    alias: str | None
+    spec: str
+    usage: str
+    public_der: bytes
+
+
+# The acceptance keys of the token core, plus keys the token must skip.
+SEED = [
+    ("web-tls", "RSA_2048", "SIGN_VERIFY"),
+    ("ec-sign", "ECC_NIST_P256", "SIGN_VERIFY"),
+    ("decrypt", "RSA_3072", "ENCRYPT_DECRYPT"),
+]
+
+
+def seed_key(client, alias: str | None, spec: str, usage: str, tags=None) -> SeededKey:
+    meta = client.create_key(KeySpec=spec, KeyUsage=usage, Tags=tags or [])["KeyMetadata"]
+    if alias:
+        client.create_alias(AliasName=f"alias/{alias}", TargetKeyId=meta["KeyId"])
+    der = b""
+    if spec != "SYMMETRIC_DEFAULT" and not spec.startswith("HMAC"):
+        der = client.get_public_key(KeyId=meta["KeyId"])["PublicKey"]
+    return SeededKey(meta["KeyId"], meta["Arn"], alias, spec, usage, der)
+
+
+@pytest.fixture(scope="session")
+def seeded(kms_server) -> dict[str, SeededKey]:
+    """The three acceptance keys by alias, plus `symmetric` and `disabled` keys to be skipped."""
+    client = kms_server.client()
+    keys = {alias: seed_key(client, alias, spec, usage) for alias, spec, usage in SEED}
+    keys["symmetric"] = seed_key(client, "symmetric", "SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT")
+    keys["disabled"] = seed_key(client, "disabled", "ECC_NIST_P384", "SIGN_VERIFY")
+    client.disable_key(KeyId=keys["disabled"].key_id)
+    return keys
+
+
+def write_config(path, kms_server, body: str) -> str:
+    path.write_text(f'region = "{REGION}"\nendpoint_url = "{kms_server.endpoint_url}"\n{body}')
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def acceptance_config(tmp_path_factory, kms_server, seeded) -> str:
+    """A config naming the RSA-2048 sign, P-256 sign and RSA-3072 decrypt keys (issue #2)."""
+    path = tmp_path_factory.mktemp("config") / "config.toml"
+    return write_config(
+        path,
+        kms_server,
+        '[[token]]\nlabel = "acceptance"\n'
+        f'keys = ["alias/web-tls", "{seeded["ec-sign"].arn}", '
+        f'{{ key = "{seeded["decrypt"].key_id}", label = "decrypt" }}]\n',
+    )
+
+
+@pytest.fixture(scope="session")
+def module_path() -> str:
+    from pkcs11_kms import module_path
+
+    path = module_path()
+    assert path.is_file(), "build the library first: pip install -e ."
+    return str(path)
