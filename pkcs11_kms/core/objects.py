@@ -143,12 +143,12 @@ def key_objects(identity: tuple, key: KmsKey, subject: bytes = b"") -> list[Toke
     }
     return [
         TokenObject(
-            handle_for(identity + (key.arn, CKO.PRIVATE_KEY)),
+            handle_for(identity + (key.key_id, CKO.PRIVATE_KEY)),
             _packed(private),
             SECRET_ATTRIBUTES[key.spec.key_type],
             key,
         ),
-        TokenObject(handle_for(identity + (key.arn, CKO.PUBLIC_KEY)), _packed(public), key=key),
+        TokenObject(handle_for(identity + (key.key_id, CKO.PUBLIC_KEY)), _packed(public), key=key),
     ]
 
 

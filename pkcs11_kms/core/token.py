@@ -158,7 +158,7 @@ class Token:
         self._preloaded = keys
         self._objects: list[TokenObject] | None = None
         self._load_lock = threading.Lock()
-        identity = repr((config.connection, label, refs, [k.arn for k in keys or []]))
+        identity = repr((config.connection, label, refs, [k.key_id for k in keys or []]))
         self.identity = ("token", identity)
         self.serial = hashlib.sha256(identity.encode()).hexdigest()[:16].upper()
         self.logged_in = False
@@ -174,7 +174,7 @@ class Token:
         seen: dict[str, KmsKey] = {}
         for o in self.objects():
             if o.key is not None:
-                seen[o.key.arn] = o.key
+                seen[o.key.key_id] = o.key
         return list(seen.values())
 
     def _load(self) -> list[TokenObject]:
@@ -193,12 +193,12 @@ class Token:
         for c in read_certificates(self.config.certificates):
             key = by_key.get(_spki_key(c.cert.public_key.dump()))
             if key is not None:
-                subjects.setdefault(key.arn, c.cert.subject.dump())
+                subjects.setdefault(key.key_id, c.cert.subject.dump())
                 label, ckid, category = key.label, key.ckid, CERT_CATEGORY_USER
             else:
                 category = CERT_CATEGORY_AUTHORITY if c.cert.ca else CERT_CATEGORY_UNSPECIFIED
                 ckid = hashlib.sha1(bytes(c.cert.public_key["public_key"])).digest()
                 label = fit_label(c.cert.subject.native.get("common_name") or "certificate")
             cert_objects.append(certificate_object(self.identity, c.cert, label, ckid, category))
-        key_objs = [o for k in keys for o in key_objects(self.identity, k, subjects.get(k.arn, b""))]
+        key_objs = [o for k in keys for o in key_objects(self.identity, k, subjects.get(k.key_id, b""))]
         return key_objs + cert_objects
