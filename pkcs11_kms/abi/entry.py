@@ -13,6 +13,7 @@ from . import functions
 
 log = logging.getLogger("pkcs11_kms.abi")
 
+# Looked up on every call, so a test in a Python host can swap one in to prove the guard.
 IMPLEMENTATIONS = {name: getattr(functions, name) for name in functions.__all__}
 
 
@@ -26,10 +27,10 @@ def _not_supported(*_args: object) -> CKR:
     return CKR.FUNCTION_NOT_SUPPORTED
 
 
-def _guarded(name: str, implementation):  # type: ignore[no-untyped-def]
+def _guarded(name: str):  # type: ignore[no-untyped-def]
     def callback(*args):  # type: ignore[no-untyped-def]
         try:
-            rv = implementation(*args)
+            rv = IMPLEMENTATIONS.get(name, _not_supported)(*args)
             return CKR.OK if rv is None else int(rv)
         except PKCS11Error as e:
             if e.why:
@@ -47,9 +48,8 @@ def attach_all() -> list[str]:
     """Registers every `py_C_*` callback the library declares; returns the names."""
     names = sorted(n[3:] for n in dir(lib) if n.startswith("py_C_"))
     for name in names:
-        implementation = IMPLEMENTATIONS.get(name, _not_supported)
         ffi.def_extern(name="py_" + name, error=int(CKR.GENERAL_ERROR), onerror=_last_resort)(
-            _guarded(name, implementation)
+            _guarded(name)
         )
     return names
 
