@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 
-import boto3
 import pytest
 
 # Never reach the EC2 metadata service or real AWS from tests (DESIGN section 6).
@@ -28,51 +23,13 @@ for _name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_KMS", "PKCS11
 REGION = "eu-west-1"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class KmsServer:
-    endpoint_url: str
-    process: subprocess.Popen
-
-    def client(self, region: str = REGION):
-        return boto3.client("kms", region_name=region, endpoint_url=self.endpoint_url)
-
-
-def _wait_listening(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"KMS server exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("KMS server did not start listening")
-
-
-def start_kms_server() -> KmsServer:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    _wait_listening(port, proc)
-    return KmsServer(f"http://127.0.0.1:{port}", proc)
-
-
 @pytest.fixture(scope="session")
 def kms_server():
-    server = start_kms_server()
-    yield server
-    server.process.terminate()
-    server.process.wait(timeout=10)
+    """The project's KMS emulator (moto with KMS's asymmetric semantics) on 127.0.0.1."""
+    from pkcs11_kms.emulator.testing import EmulatorProcess
+
+    with EmulatorProcess() as server:
+        yield server
 
 
 @dataclass

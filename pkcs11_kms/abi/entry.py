@@ -9,12 +9,15 @@ from _kms_pkcs11 import ffi, lib
 from ..ck import CKR
 from ..core.module import module
 from ..errors import PKCS11Error
-from . import functions
+from .. import mechanisms  # noqa: F401 - registers the mechanisms
+from . import crypto, functions
 
 log = logging.getLogger("pkcs11_kms.abi")
 
 # Looked up on every call, so a test in a Python host can swap one in to prove the guard.
-IMPLEMENTATIONS = {name: getattr(functions, name) for name in functions.__all__}
+IMPLEMENTATIONS = {
+    name: getattr(module, name) for module in (functions, crypto) for name in module.__all__
+}
 
 
 def _last_resort(exc_type, exc_value, traceback) -> None:  # type: ignore[no-untyped-def]

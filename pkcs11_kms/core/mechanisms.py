@@ -6,8 +6,9 @@ never switches on a mechanism itself. An unregistered mechanism is CKR_MECHANISM
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from ..ck import CKF, CKK, CKM, CKR
 from ..errors import PKCS11Error
@@ -22,6 +23,7 @@ class Mechanism:
     key_type: CKK
     flags: int
     key_usage: str  # the KMS KeyUsage a key needs for it
+    start: Callable[..., Any]  # (kind, KeyUse, MechanismArgs) -> an operation (core/operations.py)
     key_specs: frozenset[str] | None = None  # None: every spec of key_type
 
 

@@ -11,7 +11,7 @@ from asn1crypto import core, keys, x509
 
 from ..ck import CKA, CKC, CKK, CKO, CK_UNAVAILABLE_INFORMATION
 from . import mechanisms
-from .attributes import pack
+from .attributes import pack, unpack_ulong
 from .keyspecs import KEY_SPECS, KEY_USAGES, KeySpec
 
 # Attributes a private key has but never reveals (CKR_ATTRIBUTE_SENSITIVE).
@@ -58,7 +58,7 @@ class TokenObject:
 
     @property
     def object_class(self) -> int:
-        return int.from_bytes(self.attributes[CKA.CLASS], "little")
+        return unpack_ulong(self.attributes[CKA.CLASS])
 
     def matches(self, template: list[tuple[int, bytes]]) -> bool:
         return all(self.attributes.get(t) == v for t, v in template)

@@ -1,0 +1,146 @@
+"""C_* functions of the cryptographic operations: sign, verify, encrypt, decrypt, random (§5.9-5.15)."""
+
+from __future__ import annotations
+
+from _kms_pkcs11 import ffi
+
+from ..ck import CKM, CKR
+from ..core import operations as ops
+from ..core import random
+from ..errors import PKCS11Error
+from ..mechanisms.params import MechanismArgs, OaepParams, PssParams
+from .marshal import NULL, read_bytes, require
+
+PSS = (CKM.RSA_PKCS_PSS, CKM.SHA256_RSA_PKCS_PSS, CKM.SHA384_RSA_PKCS_PSS, CKM.SHA512_RSA_PKCS_PSS)
+
+
+def _pss(p) -> PssParams:  # type: ignore[no-untyped-def]
+    p = ffi.cast("CK_RSA_PKCS_PSS_PARAMS *", p)
+    return PssParams(int(p.hashAlg), int(p.mgf), int(p.sLen))
+
+
+def _oaep(p) -> OaepParams:  # type: ignore[no-untyped-def]
+    p = ffi.cast("CK_RSA_PKCS_OAEP_PARAMS *", p)
+    return OaepParams(int(p.hashAlg), int(p.mgf), int(p.source),
+                      read_bytes(p.pSourceData, p.ulSourceDataLen))
+
+
+# mechanism -> (the C structure of its parameter, its reader)
+PARAMETERS = {
+    **{m: ("CK_RSA_PKCS_PSS_PARAMS", _pss) for m in PSS},
+    CKM.RSA_PKCS_OAEP: ("CK_RSA_PKCS_OAEP_PARAMS", _oaep),
+}
+
+
+def read_mechanism(pMechanism) -> MechanismArgs | None:  # type: ignore[no-untyped-def]
+    if pMechanism == NULL:
+        return None
+    m = pMechanism[0]
+    mechanism, p, length = int(m.mechanism), m.pParameter, int(m.ulParameterLen)
+    known = PARAMETERS.get(mechanism)
+    if known is None:
+        return MechanismArgs(mechanism, read_bytes(p, length) if p != NULL else None)
+    struct, reader = known
+    if p == NULL or length != ffi.sizeof(struct):
+        raise PKCS11Error(CKR.MECHANISM_PARAM_INVALID, f"{struct} expected")
+    return MechanismArgs(mechanism, reader(p))
+
+
+def _produce(output, out, out_len) -> None:  # type: ignore[no-untyped-def]
+    """The two-call convention over a core Output (§5.2)."""
+    out_len[0] = output.length
+    if out != NULL and output.data is None:
+        raise PKCS11Error(CKR.BUFFER_TOO_SMALL)
+    if output.data is not None:
+        ffi.memmove(out, output.data, len(output.data))
+
+
+def _single(kind, hSession, pData, ulDataLen, pOut, pulOutLen):  # type: ignore[no-untyped-def]
+    require(pulOutLen)
+    capacity = None if pOut == NULL else int(pulOutLen[0])
+    _produce(ops.single(kind, hSession, read_bytes(pData, ulDataLen), capacity), pOut, pulOutLen)
+
+
+def _final(kind, hSession, pOut, pulOutLen):  # type: ignore[no-untyped-def]
+    require(pulOutLen)
+    capacity = None if pOut == NULL else int(pulOutLen[0])
+    _produce(ops.final(kind, hSession, capacity), pOut, pulOutLen)
+
+
+def _init(kind):  # type: ignore[no-untyped-def]
+    def init(hSession, pMechanism, hKey):  # type: ignore[no-untyped-def]
+        ops.init(kind, hSession, read_mechanism(pMechanism), hKey)
+
+    return init
+
+
+C_SignInit = _init(ops.SIGN)
+C_VerifyInit = _init(ops.VERIFY)
+C_EncryptInit = _init(ops.ENCRYPT)
+C_DecryptInit = _init(ops.DECRYPT)
+
+
+def C_Sign(hSession, pData, ulDataLen, pSignature, pulSignatureLen):  # type: ignore[no-untyped-def]
+    _single(ops.SIGN, hSession, pData, ulDataLen, pSignature, pulSignatureLen)
+
+
+def C_SignUpdate(hSession, pPart, ulPartLen):  # type: ignore[no-untyped-def]
+    ops.update(ops.SIGN, hSession, read_bytes(pPart, ulPartLen))
+
+
+def C_SignFinal(hSession, pSignature, pulSignatureLen):  # type: ignore[no-untyped-def]
+    _final(ops.SIGN, hSession, pSignature, pulSignatureLen)
+
+
+def C_Verify(hSession, pData, ulDataLen, pSignature, ulSignatureLen):  # type: ignore[no-untyped-def]
+    ops.verify(hSession, read_bytes(pData, ulDataLen), read_bytes(pSignature, ulSignatureLen))
+
+
+def C_VerifyUpdate(hSession, pPart, ulPartLen):  # type: ignore[no-untyped-def]
+    ops.update(ops.VERIFY, hSession, read_bytes(pPart, ulPartLen))
+
+
+def C_VerifyFinal(hSession, pSignature, ulSignatureLen):  # type: ignore[no-untyped-def]
+    ops.verify(hSession, None, read_bytes(pSignature, ulSignatureLen))
+
+
+def C_Encrypt(hSession, pData, ulDataLen, pEncryptedData, pulEncryptedDataLen):  # type: ignore[no-untyped-def]
+    _single(ops.ENCRYPT, hSession, pData, ulDataLen, pEncryptedData, pulEncryptedDataLen)
+
+
+def C_EncryptUpdate(hSession, pPart, ulPartLen, pEncryptedPart, pulEncryptedPartLen):  # type: ignore[no-untyped-def]
+    require(pulEncryptedPartLen)
+    ops.update(ops.ENCRYPT, hSession, read_bytes(pPart, ulPartLen))
+    pulEncryptedPartLen[0] = 0  # RSA-OAEP is one block: everything comes out of C_EncryptFinal
+
+
+def C_EncryptFinal(hSession, pLastEncryptedPart, pulLastEncryptedPartLen):  # type: ignore[no-untyped-def]
+    _final(ops.ENCRYPT, hSession, pLastEncryptedPart, pulLastEncryptedPartLen)
+
+
+def C_Decrypt(hSession, pEncryptedData, ulEncryptedDataLen, pData, pulDataLen):  # type: ignore[no-untyped-def]
+    _single(ops.DECRYPT, hSession, pEncryptedData, ulEncryptedDataLen, pData, pulDataLen)
+
+
+def C_DecryptUpdate(hSession, pEncryptedPart, ulEncryptedPartLen, pPart, pulPartLen):  # type: ignore[no-untyped-def]
+    require(pulPartLen)
+    ops.update(ops.DECRYPT, hSession, read_bytes(pEncryptedPart, ulEncryptedPartLen))
+    pulPartLen[0] = 0
+
+
+def C_DecryptFinal(hSession, pLastPart, pulLastPartLen):  # type: ignore[no-untyped-def]
+    _final(ops.DECRYPT, hSession, pLastPart, pulLastPartLen)
+
+
+def C_GenerateRandom(hSession, RandomData, ulRandomLen):  # type: ignore[no-untyped-def]
+    if ulRandomLen:
+        require(RandomData)
+    data = random.generate_random(hSession, ulRandomLen)
+    ffi.memmove(RandomData, data, len(data))
+
+
+def C_SeedRandom(hSession, pSeed, ulSeedLen):  # type: ignore[no-untyped-def]
+    random.seed_random(hSession)
+
+
+__all__ = [name for name in dir() if name.startswith("C_")]

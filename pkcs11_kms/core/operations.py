@@ -1,0 +1,180 @@
+"""Cryptographic operations in a session (PKCS#11 §5.9-5.12): init, single-part, update, final.
+
+One generic state machine for sign, verify, encrypt and decrypt. The mechanism families
+(pkcs11_kms/mechanisms/) make the operation objects; this module only keeps their state by the
+spec's rules: one active operation per kind, CKR_BUFFER_TOO_SMALL and length queries keep it (and
+its computed result, so KMS is not called twice), every other error ends it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..ck import CKF, CKO, CKR
+from ..errors import PKCS11Error
+from ..kms import backend_for
+from ..kms.backend import KmsBackend
+from . import mechanisms
+from .access import find_object
+from .objects import KmsKey
+from .session import Session, session
+
+SIGN, VERIFY, ENCRYPT, DECRYPT = "sign", "verify", "encrypt", "decrypt"
+
+# kind -> (the mechanism flag it needs, the key object classes that may do it, the KMS key usage).
+# Private key objects carry the public key, so they verify and encrypt too.
+KINDS: dict[str, tuple[int, tuple[int, ...], str]] = {
+    SIGN: (CKF.SIGN, (CKO.PRIVATE_KEY,), "SIGN_VERIFY"),
+    VERIFY: (CKF.VERIFY, (CKO.PUBLIC_KEY, CKO.PRIVATE_KEY), "SIGN_VERIFY"),
+    ENCRYPT: (CKF.ENCRYPT, (CKO.PUBLIC_KEY, CKO.PRIVATE_KEY), "ENCRYPT_DECRYPT"),
+    DECRYPT: (CKF.DECRYPT, (CKO.PRIVATE_KEY,), "ENCRYPT_DECRYPT"),
+}
+
+
+@dataclass(frozen=True)
+class KeyUse:
+    """What an operation needs of its key: the key, its KMS backend, where public-key math runs."""
+
+    key: KmsKey
+    backend: KmsBackend
+    kms_public_operations: bool
+
+    @property
+    def key_ref(self) -> str:
+        return self.key.arn or self.key.key_id
+
+
+class Operation(Protocol):
+    def output_length(self, data_length: int) -> int: ...  # an upper bound, without calling KMS
+    def update(self, data: bytes) -> None: ...
+    def finish(self) -> bytes: ...  # sign/encrypt/decrypt: the output; called once
+    def verify(self, signature: bytes) -> None: ...  # verify: raises CKR_SIGNATURE_*
+
+
+@dataclass
+class Active:
+    operation: Operation
+    result: bytes | None = None  # computed, not yet delivered (after CKR_BUFFER_TOO_SMALL)
+    multipart: bool = False
+
+
+@dataclass(frozen=True)
+class Output:
+    """What a producing call returns: the length, and the bytes unless the caller only asked for
+    the length or gave too small a buffer."""
+
+    length: int
+    data: bytes | None
+
+
+def init(kind: str, session_handle: int, args, key_handle: int) -> None:  # type: ignore[no-untyped-def]
+    """C_SignInit & co. `args` None cancels the active operation (pkcs11-provider relies on it)."""
+    s = session(session_handle)
+    if args is None:
+        s.operations.pop(kind, None)
+        return
+    if kind in s.operations:
+        raise PKCS11Error(CKR.OPERATION_ACTIVE, f"a {kind} operation is active")
+    mechanism = mechanisms.lookup(args.mechanism)
+    if not mechanism.flags & KINDS[kind][0]:
+        raise PKCS11Error(CKR.MECHANISM_INVALID, f"{mechanism.mechanism.name} cannot {kind}")
+    key = _usable_key(s, kind, key_handle)
+    if mechanism.key_type != key.spec.key_type:
+        raise PKCS11Error(CKR.KEY_TYPE_INCONSISTENT, f"{mechanism.mechanism.name} on {key.spec.name}")
+    if not mechanisms.applies(mechanism, key.spec, key.usage):
+        raise PKCS11Error(CKR.KEY_FUNCTION_NOT_PERMITTED, f"{mechanism.mechanism.name} on {key.usage}")
+    config = s.token.config
+    use = KeyUse(key, backend_for(config.connection), config.public_key_operations == "kms")
+    s.operations[kind] = Active(mechanism.start(kind, use, args))
+
+
+def _usable_key(s: Session, kind: str, handle: int) -> KmsKey:
+    try:
+        obj = find_object(s.handle, handle)
+    except PKCS11Error:
+        raise PKCS11Error(CKR.KEY_HANDLE_INVALID, f"no key {handle}") from None
+    if obj.key is None:
+        raise PKCS11Error(CKR.KEY_HANDLE_INVALID, f"object {handle} is not a key")
+    _, classes, usage = KINDS[kind]
+    if obj.object_class not in classes or obj.key.usage != usage:
+        raise PKCS11Error(CKR.KEY_FUNCTION_NOT_PERMITTED, f"key {handle} cannot {kind}")
+    return obj.key
+
+
+def _active(s: Session, kind: str) -> Active:
+    active = s.operations.get(kind)
+    if active is None:
+        raise PKCS11Error(CKR.OPERATION_NOT_INITIALIZED, f"no {kind} operation")
+    return active
+
+
+def _deliver(s: Session, kind: str, active: Active, capacity: int | None) -> Output:
+    assert active.result is not None
+    if capacity is None or capacity < len(active.result):
+        return Output(len(active.result), None)
+    del s.operations[kind]
+    return Output(len(active.result), active.result)
+
+
+def single(kind: str, session_handle: int, data: bytes, capacity: int | None) -> Output:
+    """C_Sign, C_Encrypt, C_Decrypt. capacity None: the caller asks for the length only."""
+    s = session(session_handle)
+    active = _active(s, kind)
+    if active.result is None:
+        if active.multipart:
+            del s.operations[kind]
+            raise PKCS11Error(CKR.OPERATION_ACTIVE, f"a multi-part {kind} is in progress")
+        if capacity is None:
+            return Output(_guarded(s, kind, lambda: active.operation.output_length(len(data))), None)
+        active.result = _guarded(s, kind, lambda: _run(active.operation, data))
+    return _deliver(s, kind, active, capacity)
+
+
+def _run(operation: Operation, data: bytes) -> bytes:
+    operation.update(data)
+    return operation.finish()
+
+
+def update(kind: str, session_handle: int, data: bytes) -> None:
+    s = session(session_handle)
+    active = _active(s, kind)
+    if active.result is not None:
+        raise PKCS11Error(CKR.OPERATION_ACTIVE, f"the {kind} result waits to be collected")
+    active.multipart = True
+    _guarded(s, kind, lambda: active.operation.update(data))
+
+
+def final(kind: str, session_handle: int, capacity: int | None) -> Output:
+    s = session(session_handle)
+    active = _active(s, kind)
+    if active.result is None:
+        if capacity is None:
+            return Output(_guarded(s, kind, lambda: active.operation.output_length(0)), None)
+        active.result = _guarded(s, kind, active.operation.finish)
+    return _deliver(s, kind, active, capacity)
+
+
+def verify(session_handle: int, data: bytes | None, signature: bytes) -> None:
+    """C_Verify (data given) and C_VerifyFinal (data None): the operation ends either way."""
+    s = session(session_handle)
+    active = _active(s, VERIFY)
+    del s.operations[VERIFY]
+    if data is not None:
+        if active.multipart:
+            raise PKCS11Error(CKR.OPERATION_ACTIVE, "a multi-part verify is in progress")
+        active.operation.update(data)
+    active.operation.verify(signature)
+
+
+def _guarded(s: Session, kind: str, step):  # type: ignore[no-untyped-def]
+    """Runs one step; any error but CKR_BUFFER_TOO_SMALL ends the operation (§5.2)."""
+    try:
+        return step()
+    except PKCS11Error as e:
+        if e.rv != CKR.BUFFER_TOO_SMALL:
+            s.operations.pop(kind, None)
+        raise
+    except Exception:
+        s.operations.pop(kind, None)
+        raise

@@ -1,0 +1,87 @@
+"""What every signature mechanism shares: collecting input, the KMS Sign call, verification."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.serialization import load_der_public_key
+
+from ..ck import CKR
+from ..core.operations import KeyUse
+from ..errors import PKCS11Error
+from .hashes import Hash
+from .params import MechanismArgs
+
+
+@lru_cache(maxsize=64)
+def _public_key(spki: bytes):  # type: ignore[no-untyped-def]
+    return load_der_public_key(spki)
+
+
+def public_key(use: KeyUse):  # type: ignore[no-untyped-def]
+    return _public_key(use.key.spki)
+
+
+def no_params(args: MechanismArgs) -> None:
+    if args.params:
+        raise PKCS11Error(CKR.MECHANISM_PARAM_INVALID, "this mechanism takes no parameter")
+
+
+class Signature:
+    """Sign and verify with one mechanism and key. Hash-and-sign mechanisms hash here (any length,
+    any number of parts); the others collect the caller's digest or DigestInfo."""
+
+    def __init__(self, use: KeyUse, hash_: Hash | None) -> None:
+        self.use = use
+        self._hasher = hash_.new() if hash_ is not None else None
+        self._data = bytearray()
+
+    # -- what a family defines --
+    def to_kms(self, value: bytes) -> tuple[bytes, str]:
+        """The input -> (the digest KMS signs with MessageType DIGEST, KMS's algorithm)."""
+        raise NotImplementedError
+
+    def from_kms(self, signature: bytes) -> bytes:
+        """KMS's signature -> PKCS#11's encoding."""
+        return signature
+
+    def to_kms_signature(self, signature: bytes) -> bytes:
+        return signature
+
+    def verify_locally(self, value: bytes, signature: bytes) -> None:
+        """Raises cryptography's InvalidSignature."""
+        raise NotImplementedError
+
+    # -- the operation --
+    def output_length(self, data_length: int) -> int:
+        return self.use.key.spec.signature_bytes
+
+    def update(self, data: bytes) -> None:
+        if self._hasher is not None:
+            self._hasher.update(data)
+        else:
+            self._data += data
+
+    def _value(self) -> bytes:
+        return self._hasher.digest() if self._hasher is not None else bytes(self._data)
+
+    def finish(self) -> bytes:
+        digest, algorithm = self.to_kms(self._value())
+        return self.from_kms(self.use.backend.sign(self.use.key_ref, digest, "DIGEST", algorithm))
+
+    def verify(self, signature: bytes) -> None:
+        if len(signature) != self.use.key.spec.signature_bytes:
+            raise PKCS11Error(CKR.SIGNATURE_LEN_RANGE, f"{len(signature)} bytes")
+        value = self._value()
+        if self.use.kms_public_operations:
+            digest, algorithm = self.to_kms(value)
+            if not self.use.backend.verify(
+                self.use.key_ref, digest, "DIGEST", self.to_kms_signature(signature), algorithm
+            ):
+                raise PKCS11Error(CKR.SIGNATURE_INVALID)
+            return
+        try:
+            self.verify_locally(value, signature)
+        except (InvalidSignature, ValueError):
+            raise PKCS11Error(CKR.SIGNATURE_INVALID) from None

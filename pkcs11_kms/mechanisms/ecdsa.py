@@ -1,0 +1,78 @@
+"""ECDSA signatures (PKCS#11 §2.3.6): CKM_ECDSA and CKM_ECDSA_SHA256/384/512.
+
+KMS fixes one hash per curve and signs a digest of exactly that length. ECDSA only uses the
+leftmost bits of a digest (as many as the group order has), so a digest of another length is
+truncated or left-padded with zeros to the curve's length: the signature is the one the caller's
+digest asks for. PKCS#11's signature is r||s, each as long as the field.
+"""
+
+from __future__ import annotations
+
+from cryptography.hazmat.primitives.asymmetric import ec, utils
+
+from ..ck import CKF, CKK, CKM, CKR
+from ..core.mechanisms import Mechanism, register
+from ..errors import PKCS11Error
+from .base import Signature, no_params, public_key
+from .hashes import BY_SIZE, HASHES
+
+# KMS's algorithm per curve: (digest bytes, KMS SigningAlgorithm)
+CURVE_DIGEST = {
+    "ECC_NIST_P256": (32, "ECDSA_SHA_256"),
+    "ECC_SECG_P256K1": (32, "ECDSA_SHA_256"),
+    "ECC_NIST_P384": (48, "ECDSA_SHA_384"),
+    "ECC_NIST_P521": (64, "ECDSA_SHA_512"),
+}
+RAW_DIGEST_LENGTHS = (28, 32, 48, 64)  # SHA-224/256/384/512; SHA-1 is refused as KMS refuses it
+
+
+def fit(digest: bytes, length: int) -> bytes:
+    return digest[:length] if len(digest) >= length else digest.rjust(length, b"\0")
+
+
+class Ecdsa(Signature):
+    @property
+    def field_bytes(self) -> int:
+        return (self.use.key.spec.bits + 7) // 8
+
+    def to_kms(self, value: bytes) -> tuple[bytes, str]:
+        if self._hasher is None and len(value) not in RAW_DIGEST_LENGTHS:
+            raise PKCS11Error(CKR.DATA_LEN_RANGE, f"{len(value)}-byte digest")
+        length, algorithm = CURVE_DIGEST[self.use.key.spec.name]
+        return fit(value, length), algorithm
+
+    def from_kms(self, signature: bytes) -> bytes:
+        r, s = utils.decode_dss_signature(signature)
+        n = self.field_bytes
+        return r.to_bytes(n, "big") + s.to_bytes(n, "big")
+
+    def to_kms_signature(self, signature: bytes) -> bytes:
+        n = self.field_bytes
+        return utils.encode_dss_signature(
+            int.from_bytes(signature[:n], "big"), int.from_bytes(signature[n:], "big")
+        )
+
+    def verify_locally(self, value: bytes, signature: bytes) -> None:
+        h = BY_SIZE.get(len(value))
+        if h is None:
+            raise PKCS11Error(CKR.DATA_LEN_RANGE, f"{len(value)}-byte digest")
+        public_key(self.use).verify(
+            self.to_kms_signature(signature), value, ec.ECDSA(utils.Prehashed(h.crypto()))
+        )
+
+
+def _start(hash_mechanism: CKM | None):  # type: ignore[no-untyped-def]
+    def start(kind, use, args):  # type: ignore[no-untyped-def]
+        no_params(args)
+        return Ecdsa(use, HASHES[hash_mechanism] if hash_mechanism is not None else None)
+
+    return start
+
+
+FLAGS = CKF.SIGN | CKF.VERIFY | CKF.EC_F_P | CKF.EC_NAMEDCURVE | CKF.EC_UNCOMPRESS
+register(
+    Mechanism(CKM.ECDSA, CKK.EC, FLAGS, "SIGN_VERIFY", _start(None)),
+    Mechanism(CKM.ECDSA_SHA256, CKK.EC, FLAGS, "SIGN_VERIFY", _start(CKM.SHA256)),
+    Mechanism(CKM.ECDSA_SHA384, CKK.EC, FLAGS, "SIGN_VERIFY", _start(CKM.SHA384)),
+    Mechanism(CKM.ECDSA_SHA512, CKK.EC, FLAGS, "SIGN_VERIFY", _start(CKM.SHA512)),
+)

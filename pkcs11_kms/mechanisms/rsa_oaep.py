@@ -1,0 +1,81 @@
+"""RSA-OAEP (PKCS#11 §2.1.8): decryption by KMS; encryption with the public key, or by KMS.
+
+KMS decrypts RSAES_OAEP_SHA_1 and RSAES_OAEP_SHA_256 with MGF1 over the same hash and no label.
+"""
+
+from __future__ import annotations
+
+from cryptography.hazmat.primitives.asymmetric import padding
+
+from ..ck import CKF, CKK, CKM, CKR, CKZ
+from ..core.mechanisms import Mechanism, register
+from ..core.operations import DECRYPT
+from ..errors import PKCS11Error
+from .base import public_key
+from .hashes import HASHES, Hash
+from .params import MechanismArgs, OaepParams
+
+KMS_ALGORITHM = {CKM.SHA_1: "RSAES_OAEP_SHA_1", CKM.SHA256: "RSAES_OAEP_SHA_256"}
+
+
+def oaep_hash(args: MechanismArgs) -> Hash:
+    p = args.params
+    if not isinstance(p, OaepParams):
+        raise PKCS11Error(CKR.MECHANISM_PARAM_INVALID, "CK_RSA_PKCS_OAEP_PARAMS required")
+    if p.hash_alg == 0 and p.mgf == 0:  # pkcs11-provider when the user named no OAEP digest
+        return HASHES[CKM.SHA_1]
+    h = HASHES.get(p.hash_alg)
+    if h is None or p.hash_alg not in KMS_ALGORITHM or p.mgf != h.mgf:
+        raise PKCS11Error(CKR.MECHANISM_PARAM_INVALID, "KMS does OAEP with SHA-1 or SHA-256 and "
+                          "MGF1 over the same hash")
+    if p.label or p.source not in (0, CKZ.DATA_SPECIFIED):
+        raise PKCS11Error(CKR.MECHANISM_PARAM_INVALID, "KMS does OAEP without a label")
+    return h
+
+
+class Oaep:
+    def __init__(self, kind: str, use, hash_: Hash) -> None:  # type: ignore[no-untyped-def]
+        self.decrypting = kind == DECRYPT
+        self.use = use
+        self.hash = hash_
+        self._data = bytearray()
+
+    @property
+    def modulus_bytes(self) -> int:
+        return self.use.key.spec.bits // 8
+
+    @property
+    def max_plaintext(self) -> int:
+        return self.modulus_bytes - 2 * self.hash.size - 2
+
+    def output_length(self, data_length: int) -> int:
+        return self.max_plaintext if self.decrypting else self.modulus_bytes
+
+    def update(self, data: bytes) -> None:
+        self._data += data
+
+    def finish(self) -> bytes:
+        data = bytes(self._data)
+        algorithm = KMS_ALGORITHM[self.hash.mechanism]
+        if self.decrypting:
+            if len(data) != self.modulus_bytes:
+                raise PKCS11Error(CKR.ENCRYPTED_DATA_LEN_RANGE, f"{len(data)} bytes")
+            return self.use.backend.decrypt(self.use.key_ref, data, algorithm)
+        if len(data) > self.max_plaintext:
+            raise PKCS11Error(CKR.DATA_LEN_RANGE, f"at most {self.max_plaintext} bytes")
+        if self.use.kms_public_operations:
+            return self.use.backend.encrypt(self.use.key_ref, data, algorithm)
+        mgf = padding.MGF1(self.hash.crypto())
+        return public_key(self.use).encrypt(data, padding.OAEP(mgf, self.hash.crypto(), None))
+
+    def verify(self, signature: bytes) -> None:
+        raise PKCS11Error(CKR.FUNCTION_NOT_SUPPORTED)
+
+
+def _start(kind, use, args):  # type: ignore[no-untyped-def]
+    return Oaep(kind, use, oaep_hash(args))
+
+
+register(
+    Mechanism(CKM.RSA_PKCS_OAEP, CKK.RSA, CKF.ENCRYPT | CKF.DECRYPT, "ENCRYPT_DECRYPT", _start),
+)

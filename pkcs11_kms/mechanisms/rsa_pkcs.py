@@ -1,0 +1,86 @@
+"""RSA PKCS#1 v1.5 signatures (PKCS#11 §2.1.6, §2.1.7): CKM_RSA_PKCS and CKM_SHA*_RSA_PKCS."""
+
+from __future__ import annotations
+
+from asn1crypto import algos, core
+from cryptography.hazmat.primitives.asymmetric import padding, utils
+
+from ..ck import CKF, CKK, CKM, CKR
+from ..core.mechanisms import Mechanism, register
+from ..errors import PKCS11Error
+from .base import Signature, no_params, public_key
+from .hashes import BY_OID, HASHES, Hash
+
+
+def digest_info(value: bytes) -> Hash:
+    """The hash a DER DigestInfo names. Only the canonical encoding (NULL parameters, nothing
+    after it) is accepted: KMS signs exactly that encoding, and KMS signs SHA-256/384/512 only."""
+    try:
+        info = algos.DigestInfo.load(value, strict=True)
+        oid = info["digest_algorithm"]["algorithm"].dotted
+        digest = info["digest"].native
+    except ValueError:
+        raise PKCS11Error(CKR.DATA_INVALID, "not a DER DigestInfo") from None
+    h = BY_OID.get(oid)
+    if h is None or len(digest) != h.size or value != canonical_digest_info(h, digest):
+        raise PKCS11Error(CKR.DATA_INVALID, "not the DigestInfo of a known hash")
+    if h.kms is None:
+        raise PKCS11Error(CKR.DATA_INVALID, f"KMS cannot sign {h.name} digests")
+    return h
+
+
+def canonical_digest_info(h: Hash, digest: bytes) -> bytes:
+    algorithm = algos.DigestAlgorithm({"algorithm": h.oid, "parameters": core.Null()})
+    return algos.DigestInfo({"digest_algorithm": algorithm, "digest": digest}).dump()
+
+
+class RsaPkcs(Signature):
+    """CKM_RSA_PKCS: the caller gives the DigestInfo."""
+
+    def to_kms(self, value: bytes) -> tuple[bytes, str]:
+        if len(value) > self.use.key.spec.signature_bytes - 11:
+            raise PKCS11Error(CKR.DATA_LEN_RANGE, f"{len(value)} bytes")
+        h = digest_info(value)
+        return value[-h.size:], f"RSASSA_PKCS1_V1_5_{h.kms}"
+
+    def verify_locally(self, value: bytes, signature: bytes) -> None:
+        recovered = public_key(self.use).recover_data_from_signature(signature, padding.PKCS1v15(), None)
+        if recovered != value:
+            raise ValueError("DigestInfo differs")
+
+
+class ShaRsaPkcs(Signature):
+    """CKM_SHA256_RSA_PKCS & co.: hashed here, signed by KMS as a digest."""
+
+    def __init__(self, use, hash_: Hash) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(use, hash_)
+        self.hash = hash_
+
+    def to_kms(self, value: bytes) -> tuple[bytes, str]:
+        return value, f"RSASSA_PKCS1_V1_5_{self.hash.kms}"
+
+    def verify_locally(self, value: bytes, signature: bytes) -> None:
+        public_key(self.use).verify(signature, value, padding.PKCS1v15(),
+                                    utils.Prehashed(self.hash.crypto()))
+
+
+def _start_raw(kind, use, args):  # type: ignore[no-untyped-def]
+    no_params(args)
+    return RsaPkcs(use, None)
+
+
+def _hashing(hash_mechanism: CKM):  # type: ignore[no-untyped-def]
+    def start(kind, use, args):  # type: ignore[no-untyped-def]
+        no_params(args)
+        return ShaRsaPkcs(use, HASHES[hash_mechanism])
+
+    return start
+
+
+FLAGS = CKF.SIGN | CKF.VERIFY
+register(
+    Mechanism(CKM.RSA_PKCS, CKK.RSA, FLAGS, "SIGN_VERIFY", _start_raw),
+    Mechanism(CKM.SHA256_RSA_PKCS, CKK.RSA, FLAGS, "SIGN_VERIFY", _hashing(CKM.SHA256)),
+    Mechanism(CKM.SHA384_RSA_PKCS, CKK.RSA, FLAGS, "SIGN_VERIFY", _hashing(CKM.SHA384)),
+    Mechanism(CKM.SHA512_RSA_PKCS, CKK.RSA, FLAGS, "SIGN_VERIFY", _hashing(CKM.SHA512)),
+)

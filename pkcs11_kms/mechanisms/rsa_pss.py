@@ -1,0 +1,62 @@
+"""RSA-PSS signatures (PKCS#11 §2.1.10, §2.1.11): CKM_RSA_PKCS_PSS and CKM_SHA*_RSA_PKCS_PSS.
+
+KMS signs PSS with MGF1 over the same hash and a salt as long as the hash; other parameters are
+CKR_MECHANISM_PARAM_INVALID.
+"""
+
+from __future__ import annotations
+
+from cryptography.hazmat.primitives.asymmetric import padding, utils
+
+from ..ck import CKF, CKK, CKM, CKR
+from ..core.mechanisms import Mechanism, register
+from ..errors import PKCS11Error
+from .base import Signature, public_key
+from .hashes import HASHES, Hash
+from .params import MechanismArgs, PssParams
+
+
+def pss_hash(args: MechanismArgs, required: CKM | None) -> Hash:
+    p = args.params
+    if not isinstance(p, PssParams):
+        raise PKCS11Error(CKR.MECHANISM_PARAM_INVALID, "CK_RSA_PKCS_PSS_PARAMS required")
+    h = HASHES.get(p.hash_alg)
+    if h is None or h.kms is None or (required is not None and p.hash_alg != required):
+        raise PKCS11Error(CKR.MECHANISM_PARAM_INVALID, f"PSS hash {p.hash_alg:#x}")
+    if p.mgf != h.mgf or p.salt_length != h.size:
+        raise PKCS11Error(CKR.MECHANISM_PARAM_INVALID, "KMS uses MGF1 with the same hash and a "
+                          "salt as long as the hash")
+    return h
+
+
+class Pss(Signature):
+    def __init__(self, use, hash_: Hash, hashing: bool) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(use, hash_ if hashing else None)
+        self.hash = hash_
+
+    def to_kms(self, value: bytes) -> tuple[bytes, str]:
+        if len(value) != self.hash.size:
+            raise PKCS11Error(CKR.DATA_LEN_RANGE, f"a {self.hash.name} digest is {self.hash.size} bytes")
+        return value, f"RSASSA_PSS_{self.hash.kms}"
+
+    def verify_locally(self, value: bytes, signature: bytes) -> None:
+        if len(value) != self.hash.size:
+            raise PKCS11Error(CKR.DATA_LEN_RANGE, f"a {self.hash.name} digest is {self.hash.size} bytes")
+        pss = padding.PSS(padding.MGF1(self.hash.crypto()), self.hash.size)
+        public_key(self.use).verify(signature, value, pss, utils.Prehashed(self.hash.crypto()))
+
+
+def _start(required: CKM | None):  # type: ignore[no-untyped-def]
+    def start(kind, use, args):  # type: ignore[no-untyped-def]
+        return Pss(use, pss_hash(args, required), hashing=required is not None)
+
+    return start
+
+
+FLAGS = CKF.SIGN | CKF.VERIFY
+register(
+    Mechanism(CKM.RSA_PKCS_PSS, CKK.RSA, FLAGS, "SIGN_VERIFY", _start(None)),
+    Mechanism(CKM.SHA256_RSA_PKCS_PSS, CKK.RSA, FLAGS, "SIGN_VERIFY", _start(CKM.SHA256)),
+    Mechanism(CKM.SHA384_RSA_PKCS_PSS, CKK.RSA, FLAGS, "SIGN_VERIFY", _start(CKM.SHA384)),
+    Mechanism(CKM.SHA512_RSA_PKCS_PSS, CKK.RSA, FLAGS, "SIGN_VERIFY", _start(CKM.SHA512)),
+)

@@ -1,0 +1,199 @@
+"""Operation state and return codes through the raw C interface (PKCS#11 §5.2, §5.9-5.12)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pkcs11
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding
+
+import p11raw
+from conftest import seed_key, write_config
+from pkcs11_kms.ck import CKA, CKF, CKG, CKM, CKO, CKR
+
+MESSAGE = b"state machine " * 10
+
+
+@pytest.fixture(scope="module")
+def keys(kms_server):
+    client = kms_server.client()
+    return {
+        "rsa": seed_key(client, None, "RSA_2048", "SIGN_VERIFY"),
+        "ec": seed_key(client, None, "ECC_NIST_P384", "SIGN_VERIFY"),
+        "oaep": seed_key(client, None, "RSA_2048", "ENCRYPT_DECRYPT"),
+    }
+
+
+@pytest.fixture(scope="module")
+def raw(module_path, tmp_path_factory, kms_server, keys):
+    entries = ", ".join(f'{{ key = "{k.arn}", label = "{n}" }}' for n, k in keys.items())
+    path = tmp_path_factory.mktemp("states") / "config.toml"
+    # One attempt, short timeouts: an injected fault must fail the call, not be retried away.
+    os.environ["PKCS11_KMS_CONFIG"] = write_config(
+        path, kms_server, f'max_attempts = 1\n[[token]]\nlabel = "states"\nkeys = [{entries}]\n')
+    pkcs11.lib(module_path).reinitialize()  # the library is shared with python-pkcs11's tests
+    yield p11raw.load(module_path)
+    os.environ.pop("PKCS11_KMS_CONFIG", None)
+
+
+@pytest.fixture
+def faults(kms_server):
+    yield kms_server
+    kms_server.clear_faults()
+
+
+@pytest.fixture
+def s(raw):
+    ffi, lib = raw
+    h = ffi.new("CK_SESSION_HANDLE *")
+    assert lib.C_OpenSession(0, CKF.SERIAL_SESSION, ffi.NULL, ffi.NULL, h) == CKR.OK
+    yield h[0]
+    lib.C_CloseSession(h[0])
+
+
+def key(raw, session, label, cls=CKO.PRIVATE_KEY):
+    ffi, lib = raw
+    t = ffi.new("CK_ATTRIBUTE[2]")
+    c = ffi.new("CK_ULONG *", cls)
+    name = ffi.new("char[]", label.encode())
+    t[0].type, t[0].pValue, t[0].ulValueLen = CKA.CLASS, c, ffi.sizeof("CK_ULONG")
+    t[1].type, t[1].pValue, t[1].ulValueLen = CKA.LABEL, name, len(label)
+    assert lib.C_FindObjectsInit(session, t, 2) == CKR.OK
+    out, n = ffi.new("CK_OBJECT_HANDLE *"), ffi.new("CK_ULONG *")
+    assert lib.C_FindObjects(session, out, 1, n) == CKR.OK and n[0] == 1
+    lib.C_FindObjectsFinal(session)
+    return out[0]
+
+
+def mech(raw, mechanism, params=None):
+    ffi, _ = raw
+    m = ffi.new("CK_MECHANISM *")
+    m.mechanism = mechanism
+    if params is not None:
+        m.pParameter, m.ulParameterLen = params, ffi.sizeof(params[0])
+    return m
+
+
+def test_length_query_and_too_small_buffer_call_kms_once(raw, s, keys, faults):
+    ffi, lib = raw
+    k = key(raw, s, "rsa")
+    assert lib.C_SignInit(s, mech(raw, CKM.SHA256_RSA_PKCS), k) == CKR.OK
+    n = ffi.new("CK_ULONG *")
+    faults.set_faults(error_code="KMSInternalException", operations=["Sign"])
+    assert lib.C_Sign(s, MESSAGE, len(MESSAGE), ffi.NULL, n) == CKR.OK  # no KMS call
+    assert n[0] == 256
+    faults.clear_faults()
+    small = ffi.new("CK_ULONG *", 10)
+    buf = ffi.new("unsigned char[256]")
+    assert lib.C_Sign(s, MESSAGE, len(MESSAGE), buf, small) == CKR.BUFFER_TOO_SMALL
+    assert small[0] == 256
+    faults.set_faults(error_code="KMSInternalException", operations=["Sign"])
+    assert lib.C_Sign(s, MESSAGE, len(MESSAGE), buf, n) == CKR.OK  # the kept signature
+    signature = bytes(ffi.buffer(buf, n[0]))
+    serialization.load_der_public_key(keys["rsa"].public_der).verify(
+        signature, MESSAGE, padding.PKCS1v15(), hashes.SHA256())
+    assert lib.C_Sign(s, MESSAGE, len(MESSAGE), buf, n) == CKR.OPERATION_NOT_INITIALIZED
+
+
+def test_kms_failure_ends_the_operation_with_device_error(raw, s, faults):
+    ffi, lib = raw
+    k = key(raw, s, "ec")
+    faults.set_faults(error_code="KMSInternalException", operations=["Sign"])
+    assert lib.C_SignInit(s, mech(raw, CKM.ECDSA), k) == CKR.OK
+    buf, n = ffi.new("unsigned char[96]"), ffi.new("CK_ULONG *", 96)
+    digest = hashlib.sha384(MESSAGE).digest()
+    assert lib.C_Sign(s, digest, 48, buf, n) == CKR.DEVICE_ERROR
+    assert lib.C_Sign(s, digest, 48, buf, n) == CKR.OPERATION_NOT_INITIALIZED
+
+
+@pytest.mark.parametrize("code, rv", [
+    ("ThrottlingException", CKR.DEVICE_ERROR),
+    ("DisabledException", CKR.KEY_FUNCTION_NOT_PERMITTED),
+    ("NotFoundException", CKR.KEY_HANDLE_INVALID),
+    ("AccessDeniedException", CKR.KEY_FUNCTION_NOT_PERMITTED),
+])
+def test_kms_error_codes_map_to_ck_rv(raw, s, faults, code, rv):
+    ffi, lib = raw
+    k = key(raw, s, "rsa")
+    faults.set_faults(error_code=code, operations=["Sign"])
+    assert lib.C_SignInit(s, mech(raw, CKM.SHA256_RSA_PKCS), k) == CKR.OK
+    buf, n = ffi.new("unsigned char[256]"), ffi.new("CK_ULONG *", 256)
+    assert lib.C_Sign(s, MESSAGE, len(MESSAGE), buf, n) == rv
+
+
+def test_operation_active_and_null_mechanism_cancels(raw, s):
+    ffi, lib = raw
+    k = key(raw, s, "rsa")
+    assert lib.C_SignInit(s, mech(raw, CKM.SHA256_RSA_PKCS), k) == CKR.OK
+    assert lib.C_SignInit(s, mech(raw, CKM.SHA256_RSA_PKCS), k) == CKR.OPERATION_ACTIVE
+    assert lib.C_SignInit(s, ffi.NULL, k) == CKR.OK  # pkcs11-provider cancels like this
+    assert lib.C_SignUpdate(s, b"x", 1) == CKR.OPERATION_NOT_INITIALIZED
+    assert lib.C_SignInit(s, mech(raw, CKM.SHA256_RSA_PKCS), k) == CKR.OK
+    assert lib.C_SignInit(s, ffi.NULL, 0) == CKR.OK
+
+
+def test_multipart_equals_single_part_and_final_length_query(raw, s, keys):
+    ffi, lib = raw
+    k = key(raw, s, "rsa")  # PKCS#1 v1.5 is deterministic: both paths give the same bytes
+    n = ffi.new("CK_ULONG *", 256)
+    one = ffi.new("unsigned char[256]")
+    assert lib.C_SignInit(s, mech(raw, CKM.SHA384_RSA_PKCS), k) == CKR.OK
+    assert lib.C_Sign(s, MESSAGE, len(MESSAGE), one, n) == CKR.OK
+    assert lib.C_SignInit(s, mech(raw, CKM.SHA384_RSA_PKCS), k) == CKR.OK
+    for i in range(0, len(MESSAGE), 7):
+        assert lib.C_SignUpdate(s, MESSAGE[i:i + 7], len(MESSAGE[i:i + 7])) == CKR.OK
+    q = ffi.new("CK_ULONG *")
+    assert lib.C_SignFinal(s, ffi.NULL, q) == CKR.OK and q[0] == 256
+    two = ffi.new("unsigned char[256]")
+    assert lib.C_SignFinal(s, two, q) == CKR.OK
+    assert bytes(ffi.buffer(one, 256)) == bytes(ffi.buffer(two, 256))
+
+
+def test_key_and_mechanism_mismatches(raw, s):
+    ffi, lib = raw
+    rsa, ec, oaep = key(raw, s, "rsa"), key(raw, s, "ec"), key(raw, s, "oaep")
+    rsa_public = key(raw, s, "rsa", CKO.PUBLIC_KEY)
+    params = ffi.new("CK_RSA_PKCS_OAEP_PARAMS *", [CKM.SHA256, CKG.MGF1_SHA256, 1, ffi.NULL, 0])
+    assert lib.C_DecryptInit(s, mech(raw, CKM.RSA_PKCS_OAEP, params), rsa) == (
+        CKR.KEY_FUNCTION_NOT_PERMITTED)
+    assert lib.C_SignInit(s, mech(raw, CKM.SHA256_RSA_PKCS), ec) == CKR.KEY_TYPE_INCONSISTENT
+    assert lib.C_SignInit(s, mech(raw, CKM.SHA256_RSA_PKCS), rsa_public) == (
+        CKR.KEY_FUNCTION_NOT_PERMITTED)
+    assert lib.C_DecryptInit(s, mech(raw, CKM.RSA_PKCS), oaep) == CKR.MECHANISM_INVALID
+    assert lib.C_DecryptInit(s, mech(raw, CKM.RSA_X_509), oaep) == CKR.MECHANISM_INVALID
+    assert lib.C_SignInit(s, mech(raw, CKM.SHA1_RSA_PKCS), rsa) == CKR.MECHANISM_INVALID
+    assert lib.C_SignInit(s, mech(raw, CKM.SHA256_RSA_PKCS), 0) == CKR.KEY_HANDLE_INVALID
+    assert lib.C_VerifyInit(s, mech(raw, CKM.SHA256_RSA_PKCS), rsa) == CKR.OK  # private key verifies
+    assert lib.C_Verify(s, MESSAGE, len(MESSAGE), b"\x00" * 255, 255) == CKR.SIGNATURE_LEN_RANGE
+    assert lib.C_VerifyInit(s, mech(raw, CKM.SHA256_RSA_PKCS), rsa) == CKR.OK
+    assert lib.C_Verify(s, MESSAGE, len(MESSAGE), b"\x00" * 256, 256) == CKR.SIGNATURE_INVALID
+    # A PSS mechanism without its parameter, or with a short one.
+    assert lib.C_SignInit(s, mech(raw, CKM.SHA256_RSA_PKCS_PSS), rsa) == CKR.MECHANISM_PARAM_INVALID
+
+
+def test_oaep_with_zero_hash_is_sha1(raw, s, keys):
+    """pkcs11-provider sends hashAlg=0, mgf=0 when the user named no OAEP digest."""
+    ffi, lib = raw
+    k = key(raw, s, "oaep")
+    secret = os.urandom(32)
+    public = serialization.load_der_public_key(keys["oaep"].public_der)
+    ct = public.encrypt(secret, padding.OAEP(padding.MGF1(hashes.SHA1()), hashes.SHA1(), None))
+    params = ffi.new("CK_RSA_PKCS_OAEP_PARAMS *", [0, 0, 0, ffi.NULL, 0])
+    assert lib.C_DecryptInit(s, mech(raw, CKM.RSA_PKCS_OAEP, params), k) == CKR.OK
+    n = ffi.new("CK_ULONG *")
+    assert lib.C_Decrypt(s, ct, len(ct), ffi.NULL, n) == CKR.OK and n[0] >= 32  # no KMS call
+    out = ffi.new("unsigned char[]", n[0])
+    assert lib.C_Decrypt(s, ct, len(ct), out, n) == CKR.OK
+    assert bytes(ffi.buffer(out, n[0])) == secret
+
+
+def test_random_and_seed(raw, s):
+    ffi, lib = raw
+    buf = ffi.new("unsigned char[3000]")
+    assert lib.C_GenerateRandom(s, buf, 3000) == CKR.OK
+    assert len(set(bytes(buf))) > 200
+    assert lib.C_SeedRandom(s, b"seed", 4) == CKR.RANDOM_SEED_NOT_SUPPORTED
+    assert lib.C_GenerateRandom(0, buf, 10) == CKR.SESSION_HANDLE_INVALID
