@@ -53,7 +53,6 @@ def test_one_token_with_the_configured_label(lib):
     assert t.manufacturer_id == "pkcs11-kms"
     assert t.flags & pkcs11.TokenFlag.RNG
     assert t.flags & pkcs11.TokenFlag.TOKEN_INITIALIZED
-    assert t.flags & pkcs11.TokenFlag.WRITE_PROTECTED
     assert not t.flags & pkcs11.TokenFlag.LOGIN_REQUIRED
 
 
@@ -136,9 +135,9 @@ def test_login_any_pin_and_states(token):
         assert len(list(s.get_objects())) == 6
 
 
-def test_read_write_sessions_are_refused(token):
-    with pytest.raises(pkcs11.exceptions.TokenWriteProtected):
-        token.open(rw=True)
+def test_read_write_sessions_are_allowed(token):
+    with token.open(rw=True) as s:  # pkcs11-tool --test and Java open them
+        assert len(list(s.get_objects())) == 6
 
 
 # ---- The same through the raw C interface: what python-pkcs11 hides ----
@@ -233,7 +232,7 @@ def test_session_info_and_login_states(raw):
     assert lib.C_GetSessionInfo(s, si) == CKR.OK
     assert (si.slotID, si.state, si.flags) == (slot, CKS.RO_PUBLIC_SESSION, CKF.SERIAL_SESSION)
     pin = ffi.new("char[]", b"0000")
-    assert lib.C_Login(s, CKU.SO, pin, 4) == CKR.SESSION_READ_ONLY_EXISTS
+    assert lib.C_Login(s, CKU.SO, pin, 4) == CKR.SESSION_READ_ONLY_EXISTS  # §5.6, RO session open
     assert lib.C_Login(s, 99, pin, 4) == CKR.USER_TYPE_INVALID
     assert lib.C_Logout(s) == CKR.USER_NOT_LOGGED_IN
     assert lib.C_Login(s, CKU.USER, pin, 4) == CKR.OK
@@ -247,6 +246,11 @@ def test_session_info_and_login_states(raw):
     assert lib.C_OpenSession(slot, 0, ffi.NULL, ffi.NULL, ffi.new("CK_SESSION_HANDLE *")) == (
         CKR.SESSION_PARALLEL_NOT_SUPPORTED
     )
+    rw = ffi.new("CK_SESSION_HANDLE *")
+    assert lib.C_OpenSession(slot, CKF.SERIAL_SESSION | CKF.RW_SESSION, ffi.NULL, ffi.NULL, rw) == 0
+    assert lib.C_Login(rw[0], CKU.SO, pin, 4) == CKR.PIN_INCORRECT  # no security officer
+    assert lib.C_GetSessionInfo(rw[0], si) == CKR.OK and si.state == CKS.RW_PUBLIC_SESSION
+    assert lib.C_CloseSession(rw[0]) == CKR.OK
 
 
 def test_find_state_machine(raw):

@@ -56,10 +56,14 @@ def allowed_for(spec: KeySpec, usage: str) -> list[CKM]:
 
 
 def offered(keys: Iterable[tuple[KeySpec, str]]) -> dict[int, tuple[int, int, int]]:
-    """For a token's keys: mechanism -> (min key size, max key size, flags), as C_GetMechanismInfo."""
+    """For a token's keys: mechanism -> (min key size, max key size, flags), as C_GetMechanismInfo.
+
+    In registration order: consumers such as pkcs11-tool --test take the first signing mechanism
+    of the list, so the families register what KMS does best (hash-and-sign) first."""
+    keys = list(keys)
     out: dict[int, tuple[int, int, int]] = {}
-    for spec, usage in keys:
-        for m in _REGISTRY.values():
+    for m in _REGISTRY.values():
+        for spec, usage in keys:
             if not applies(m, spec, usage):
                 continue
             lo, hi, flags = out.get(int(m.mechanism), (spec.bits, spec.bits, 0))

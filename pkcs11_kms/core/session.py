@@ -47,13 +47,12 @@ def session(handle: int) -> Session:
 
 
 def open_session(slot_id: int, flags: int) -> int:
-    """C_OpenSession: the tokens are write-protected, so read/write sessions are refused."""
+    """C_OpenSession. Read/write sessions are allowed (pkcs11-tool --test and Java open them), though
+    no token object can be written."""
     m = module()
     token = m.token(slot_id)
     if not flags & CKF.SERIAL_SESSION:
         raise PKCS11Error(CKR.SESSION_PARALLEL_NOT_SUPPORTED)
-    if flags & CKF.RW_SESSION:
-        raise PKCS11Error(CKR.TOKEN_WRITE_PROTECTED, "KMS tokens are read-only")
     with m.lock:
         handle = next(_next_session)
         m.sessions[handle] = Session(handle, token, flags)
@@ -91,8 +90,13 @@ def login(handle: int, user_type: int, pin: bytes | None) -> None:
     """C_Login: KMS authorises with IAM, so any PIN logs the user in; there is no security officer."""
     s = session(handle)
     if user_type == CKU.SO:
-        # Every session is read-only (the token is write-protected): §5.6's answer to an SO login.
-        raise PKCS11Error(CKR.SESSION_READ_ONLY_EXISTS, "this token has no security officer")
+        # There is no security officer, so no SO PIN is right; with read-only sessions open,
+        # §5.6 asks for CKR_SESSION_READ_ONLY_EXISTS first.
+        m = module()
+        with m.lock:
+            read_only = any(not o.flags & CKF.RW_SESSION for o in _sessions_of(m, s.token))
+        raise PKCS11Error(CKR.SESSION_READ_ONLY_EXISTS if read_only else CKR.PIN_INCORRECT,
+                          "this token has no security officer")
     if user_type == CKU.CONTEXT_SPECIFIC:
         if not s.token.logged_in:
             raise PKCS11Error(CKR.USER_NOT_LOGGED_IN)

@@ -52,14 +52,11 @@ def get_token_info(slot_id: int) -> TokenInfo:
     m = module()
     token = m.token(slot_id)
     with m.lock:
-        count = sum(1 for s in m.sessions.values() if s.token is token)  # type: ignore[attr-defined]
-    flags = (
-        CKF.TOKEN_INITIALIZED
-        | CKF.RNG
-        | CKF.WRITE_PROTECTED
-        | CKF.USER_PIN_INITIALIZED
-    )
-    return TokenInfo(token.label, MANUFACTURER, "AWS KMS", token.serial, flags, count, 0)
+        sessions = [s for s in m.sessions.values() if s.token is token]  # type: ignore[attr-defined]
+    rw = sum(1 for s in sessions if s.flags & CKF.RW_SESSION)  # type: ignore[attr-defined]
+    # No CKF_LOGIN_REQUIRED: KMS authorises with IAM, and consumers then never ask for a PIN.
+    flags = CKF.TOKEN_INITIALIZED | CKF.RNG | CKF.USER_PIN_INITIALIZED
+    return TokenInfo(token.label, MANUFACTURER, "AWS KMS", token.serial, flags, len(sessions), rw)
 
 
 def token_mechanisms(slot_id: int) -> dict[int, tuple[int, int, int]]:
@@ -68,7 +65,7 @@ def token_mechanisms(slot_id: int) -> dict[int, tuple[int, int, int]]:
 
 
 def get_mechanism_list(slot_id: int) -> list[int]:
-    return sorted(token_mechanisms(slot_id))
+    return list(token_mechanisms(slot_id))
 
 
 def get_mechanism_info(slot_id: int, mechanism: int) -> tuple[int, int, int]:

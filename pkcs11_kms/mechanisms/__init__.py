@@ -1,3 +1,5 @@
 """Mechanism families: importing this registers every mechanism the token offers."""
 
-from . import ecdsa, rsa_oaep, rsa_pkcs, rsa_pss  # noqa: F401
+# Registration order is the order of C_GetMechanismList: RSA hash-and-sign first (see
+# core.mechanisms.offered).
+from . import rsa_pkcs, rsa_pss, ecdsa, rsa_oaep  # noqa: F401, I001

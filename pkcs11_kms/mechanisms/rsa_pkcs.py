@@ -79,8 +79,8 @@ def _hashing(hash_mechanism: CKM):  # type: ignore[no-untyped-def]
 
 FLAGS = CKF.SIGN | CKF.VERIFY
 register(
-    Mechanism(CKM.RSA_PKCS, CKK.RSA, FLAGS, "SIGN_VERIFY", _start_raw),
     Mechanism(CKM.SHA256_RSA_PKCS, CKK.RSA, FLAGS, "SIGN_VERIFY", _hashing(CKM.SHA256)),
     Mechanism(CKM.SHA384_RSA_PKCS, CKK.RSA, FLAGS, "SIGN_VERIFY", _hashing(CKM.SHA384)),
     Mechanism(CKM.SHA512_RSA_PKCS, CKK.RSA, FLAGS, "SIGN_VERIFY", _hashing(CKM.SHA512)),
+    Mechanism(CKM.RSA_PKCS, CKK.RSA, FLAGS, "SIGN_VERIFY", _start_raw),
 )
