@@ -3,25 +3,22 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import pytest
+from keyseed import REGION, SEED, seed_key, write_config
 
 # Never reach the EC2 metadata service or real AWS from tests (DESIGN section 6).
 for _name, _value in {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_SESSION_TOKEN": "testing",
-    "AWS_DEFAULT_REGION": "eu-west-1",
-    "AWS_REGION": "eu-west-1",
+    "AWS_DEFAULT_REGION": REGION,
+    "AWS_REGION": REGION,
     "AWS_EC2_METADATA_DISABLED": "true",
 }.items():
     os.environ[_name] = _value
 for _name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_KMS", "PKCS11_KMS_CONFIG"):
     os.environ.pop(_name, None)
-
-REGION = "eu-west-1"
-
 
 @pytest.fixture(scope="session")
 def kms_server():
@@ -30,34 +27,6 @@ def kms_server():
 
     with EmulatorProcess() as server:
         yield server
-
-
-@dataclass
-class SeededKey:
-    key_id: str
-    arn: str
-    alias: str | None
-    spec: str
-    usage: str
-    public_der: bytes
-
-
-# The acceptance keys of the token core, plus keys the token must skip.
-SEED = [
-    ("web-tls", "RSA_2048", "SIGN_VERIFY"),
-    ("ec-sign", "ECC_NIST_P256", "SIGN_VERIFY"),
-    ("decrypt", "RSA_3072", "ENCRYPT_DECRYPT"),
-]
-
-
-def seed_key(client, alias: str | None, spec: str, usage: str, tags=None) -> SeededKey:
-    meta = client.create_key(KeySpec=spec, KeyUsage=usage, Tags=tags or [])["KeyMetadata"]
-    if alias:
-        client.create_alias(AliasName=f"alias/{alias}", TargetKeyId=meta["KeyId"])
-    der = b""
-    if spec != "SYMMETRIC_DEFAULT" and not spec.startswith("HMAC"):
-        der = client.get_public_key(KeyId=meta["KeyId"])["PublicKey"]
-    return SeededKey(meta["KeyId"], meta["Arn"], alias, spec, usage, der)
 
 
 @pytest.fixture(scope="session")
@@ -69,11 +38,6 @@ def seeded(kms_server) -> dict[str, SeededKey]:
     keys["disabled"] = seed_key(client, "disabled", "ECC_NIST_P384", "SIGN_VERIFY")
     client.disable_key(KeyId=keys["disabled"].key_id)
     return keys
-
-
-def write_config(path, kms_server, body: str) -> str:
-    path.write_text(f'region = "{REGION}"\nendpoint_url = "{kms_server.endpoint_url}"\n{body}')
-    return str(path)
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
 import p11raw
-from conftest import seed_key, write_config
+from keyseed import seed_key, write_config
 from pkcs11_kms.ck import CKA, CKF, CKG, CKM, CKO, CKR
 
 MESSAGE = b"state machine " * 10

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, utils
 from pkcs11 import MGF, Mechanism, ObjectClass
 
-from conftest import seed_key, write_config
+from keyseed import seed_key, write_config
 
 SIGN_SPECS = ["RSA_2048", "RSA_3072", "RSA_4096", "ECC_NIST_P256", "ECC_NIST_P384",
               "ECC_NIST_P521", "ECC_SECG_P256K1"]
