@@ -197,3 +197,45 @@ def test_random_and_seed(raw, s):
     assert len(set(bytes(buf))) > 200
     assert lib.C_SeedRandom(s, b"seed", 4) == CKR.RANDOM_SEED_NOT_SUPPORTED
     assert lib.C_GenerateRandom(0, buf, 10) == CKR.SESSION_HANDLE_INVALID
+
+
+def test_copy_object_makes_a_session_copy_that_signs(raw, s, keys):
+    """NSS's RSA server copies the key with an empty template; pkcs11-provider copies keys into
+    session objects (CKA_COPYABLE true)."""
+    ffi, lib = raw
+    k = key(raw, s, "rsa")
+    copy = ffi.new("CK_OBJECT_HANDLE *")
+    assert lib.C_CopyObject(s, k, ffi.NULL, 0, copy) == CKR.OK
+    assert copy[0] not in (0, k)
+    t = ffi.new("CK_ATTRIBUTE *")
+    token_flag = ffi.new("CK_BBOOL *")
+    t.type, t.pValue, t.ulValueLen = CKA.TOKEN, token_flag, 1
+    assert lib.C_GetAttributeValue(s, copy[0], t, 1) == CKR.OK and token_flag[0] == 0
+    assert lib.C_SignInit(s, mech(raw, CKM.SHA256_RSA_PKCS), copy[0]) == CKR.OK
+    buf, n = ffi.new("unsigned char[256]"), ffi.new("CK_ULONG *", 256)
+    assert lib.C_Sign(s, MESSAGE, len(MESSAGE), buf, n) == CKR.OK
+    serialization.load_der_public_key(keys["rsa"].public_der).verify(
+        bytes(ffi.buffer(buf, 256)), MESSAGE, padding.PKCS1v15(), hashes.SHA256())
+    # A template may keep the copy a session object, nothing more.
+    tmpl = ffi.new("CK_ATTRIBUTE *")
+    true = ffi.new("CK_BBOOL *", 1)
+    tmpl.type, tmpl.pValue, tmpl.ulValueLen = CKA.TOKEN, true, 1
+    assert lib.C_CopyObject(s, k, tmpl, 1, ffi.new("CK_OBJECT_HANDLE *")) == CKR.TEMPLATE_INCONSISTENT
+    tmpl.type = CKA.SIGN
+    assert lib.C_CopyObject(s, k, tmpl, 1, ffi.new("CK_OBJECT_HANDLE *")) == CKR.ATTRIBUTE_READ_ONLY
+    assert lib.C_DestroyObject(s, k) == CKR.ACTION_PROHIBITED  # the KMS key stays
+    assert lib.C_DestroyObject(s, copy[0]) == CKR.OK
+    assert lib.C_DestroyObject(s, copy[0]) == CKR.OBJECT_HANDLE_INVALID
+
+
+def test_session_copies_end_with_their_session(raw, s):
+    ffi, lib = raw
+    k = key(raw, s, "ec")
+    other = ffi.new("CK_SESSION_HANDLE *")
+    assert lib.C_OpenSession(0, CKF.SERIAL_SESSION, ffi.NULL, ffi.NULL, other) == CKR.OK
+    copy = ffi.new("CK_OBJECT_HANDLE *")
+    assert lib.C_CopyObject(other[0], k, ffi.NULL, 0, copy) == CKR.OK
+    assert lib.C_SignInit(s, mech(raw, CKM.ECDSA_SHA384), copy[0]) == CKR.OK  # visible to all
+    assert lib.C_SignInit(s, ffi.NULL, 0) == CKR.OK
+    assert lib.C_CloseSession(other[0]) == CKR.OK
+    assert lib.C_SignInit(s, mech(raw, CKM.ECDSA_SHA384), copy[0]) == CKR.KEY_HANDLE_INVALID

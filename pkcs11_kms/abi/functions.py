@@ -164,6 +164,15 @@ def C_GetAttributeValue(hSession, hObject, pTemplate, ulCount):  # type: ignore[
     return fill_attributes(pTemplate, ulCount, access.attribute_values(hSession, hObject, types))
 
 
+def C_CopyObject(hSession, hObject, pTemplate, ulCount, phNewObject):  # type: ignore[no-untyped-def]
+    require(phNewObject)
+    phNewObject[0] = access.copy_object(hSession, hObject, read_template(pTemplate, ulCount))
+
+
+def C_DestroyObject(hSession, hObject):  # type: ignore[no-untyped-def]
+    access.destroy_object(hSession, hObject)
+
+
 def C_GetObjectSize(hSession, hObject, pulSize):  # type: ignore[no-untyped-def]
     access.find_object(hSession, hObject)
     require(pulSize)

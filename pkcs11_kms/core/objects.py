@@ -95,7 +95,7 @@ def _common(cls: CKO, label: str, ckid: bytes) -> dict[int, object]:
         CKA.TOKEN: True,
         CKA.PRIVATE: False,
         CKA.MODIFIABLE: False,
-        CKA.COPYABLE: False,
+        CKA.COPYABLE: True,  # into session objects: NSS's RSA server and pkcs11-provider copy keys
         CKA.DESTROYABLE: False,
         CKA.LABEL: label,
         CKA.ID: ckid,

@@ -63,11 +63,19 @@ def _sessions_of(m: Module, token: Token) -> list[Session]:
     return [s for s in m.sessions.values() if s.token is token]  # type: ignore[attr-defined]
 
 
+def _drop_session_objects(token: Token, sessions: set[int]) -> None:
+    """Session objects end with the session that made them (§4.4)."""
+    for h, (owner, _) in list(token.session_objects.items()):
+        if owner in sessions:
+            del token.session_objects[h]
+
+
 def close_session(handle: int) -> None:
     m = module()
     with m.lock:
         s = session(handle)
         del m.sessions[handle]
+        _drop_session_objects(s.token, {handle})
         if not _sessions_of(m, s.token):
             s.token.logged_in = False  # §5.6: closing the last session logs the user out
 
@@ -76,8 +84,10 @@ def close_all_sessions(slot_id: int) -> None:
     m = module()
     token = m.token(slot_id)
     with m.lock:
-        for s in _sessions_of(m, token):
+        closing = _sessions_of(m, token)
+        for s in closing:
             del m.sessions[s.handle]
+        _drop_session_objects(token, {s.handle for s in closing})
         token.logged_in = False
 
 

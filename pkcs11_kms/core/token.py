@@ -162,6 +162,11 @@ class Token:
         self.identity = ("token", identity)
         self.serial = hashlib.sha256(identity.encode()).hexdigest()[:16].upper()
         self.logged_in = False
+        # Session objects (copies made by C_CopyObject): handle -> (owning session, object)
+        self.session_objects: dict[int, tuple[int, TokenObject]] = {}
+
+    def visible_objects(self) -> list[TokenObject]:
+        return self.objects() + [o for _, o in list(self.session_objects.values())]
 
     def objects(self) -> list[TokenObject]:
         if self._objects is None:
