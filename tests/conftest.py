@@ -30,6 +30,18 @@ def kms_server():
 
 
 @pytest.fixture(scope="session")
+def https_kms_server(tmp_path_factory):
+    """The emulator over HTTPS with a throwaway CA (`.ca_bundle`): real KMS is HTTPS, and the
+    module's TLS then runs inside an OpenSSL-based host."""
+    from pkcs11_kms.emulator.testing import EmulatorProcess
+    from pkcs11_kms.emulator.tls import make_test_pki
+
+    ca, cert, key = make_test_pki(tmp_path_factory.mktemp("pki"))
+    with EmulatorProcess(tls_cert=str(cert), tls_key=str(key), ca_bundle=str(ca)) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def seeded(kms_server) -> dict[str, SeededKey]:
     """The three acceptance keys by alias, plus `symmetric` and `disabled` keys to be skipped."""
     client = kms_server.client()

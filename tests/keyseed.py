@@ -36,5 +36,9 @@ def seed_key(client, alias: str | None, spec: str, usage: str, tags=None) -> See
 
 
 def write_config(path, kms_server, body: str) -> str:
-    path.write_text(f'region = "{REGION}"\nendpoint_url = "{kms_server.endpoint_url}"\n{body}')
+    """A module config reaching `kms_server` (over HTTPS with its CA bundle when it has one)."""
+    head = f'region = "{REGION}"\nendpoint_url = "{kms_server.endpoint_url}"\n'
+    if getattr(kms_server, "tls_cert", None):
+        head += f'ca_bundle = "{kms_server.ca_bundle}"\n'
+    path.write_text(head + body)
     return str(path)
