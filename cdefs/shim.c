@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* KMS_PY_EXECUTABLE and KMS_PY_VERSION ("3.11") are defined by build_ffi.py. */
@@ -60,6 +61,16 @@ static void kms_after_fork_child(void)
     kms_fork_holds_gil = 0;
     PyOS_AfterFork_Child();
     PyGILState_Release(kms_fork_gil);
+}
+
+/* At exit, hold the GIL for good: no Python thread (the KMS event loop freeing a TLS connection)
+   may run while the host's exit handlers tear OpenSSL down under it. atexit handlers run in
+   reverse order, so this one, registered at the first call, runs before OpenSSL's cleanup. A
+   host's later C_Finalize from the exiting thread still works: the GIL is re-entrant there. */
+static void kms_at_exit(void)
+{
+    if (Py_IsInitialized())
+        (void)PyGILState_Ensure();
 }
 
 /* DESIGN 2.4/2.5: an isolated interpreter bound to the Python the module was built for; no signal
@@ -117,8 +128,10 @@ static void kms_do_start(void)
     }
     if (restore_sigint)
         (void)sigaction(SIGINT, &saved_sigint, NULL);
-    if (kms_owns_interpreter)
+    if (kms_owns_interpreter) {
         (void)pthread_atfork(kms_before_fork, kms_after_fork_parent, kms_after_fork_child);
+        (void)atexit(kms_at_exit);
+    }
     kms_started = 1;
 }
 
