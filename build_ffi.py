@@ -25,6 +25,7 @@ PROTOTYPE = re.compile(r"^CK_RV (C_\w+)\((.*)\);\s*(/\* C-ONLY \*/)?\s*$")
 
 INIT_CODE = """
 import signal  # imported now, while the C side can still restore the host's SIGINT (DESIGN 2.5)
+import _ssl  # OpenSSL registers its exit cleanup now, before shim.c's kms_at_exit, which then runs first
 import pkcs11_kms.abi.entry
 """
 
