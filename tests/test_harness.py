@@ -315,3 +315,15 @@ def test_sigint_still_stops_the_host(harness, module_path, env, args):
     assert out[-1] == "SIGINT handler default=1"
     assert "survived" not in proc.stdout
     assert "Traceback" not in proc.stderr and "KeyboardInterrupt" not in proc.stderr
+
+
+def test_threads_sign_concurrently(harness, module_path, env, kms_server):
+    """8 C threads with a session each, KMS calls at once, 50 ms of injected KMS latency: every
+    call succeeds (the speed-up is measured in bench/threads.py, not asserted here)."""
+    kms_server.set_faults(latency_ms=50, operations=["GenerateRandom"])
+    try:
+        out = lines(run(harness, module_path, "threads", "8", "4", env=env, timeout=120))
+    finally:
+        kms_server.clear_faults()
+    assert out[0] == "C_Initialize rv=0x0"
+    assert out[-1].startswith("threads calls_ok=32 of 32 ")

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "../../cdefs/pkcs11_types.h"
@@ -119,6 +120,42 @@ static void generate_random(void)
     printf("C_GenerateRandom rv=0x%lx\n", rv);
 }
 
+/* threads N CALLS: N threads, each with its own session, each making CALLS KMS calls
+   (C_GenerateRandom) at once. Prints how many calls succeeded and the elapsed wall time. */
+static int calls_per_thread;
+static int calls_ok;
+static pthread_mutex_t calls_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void *random_worker(void *arg)
+{
+    CK_SESSION_HANDLE h = 0;
+    CK_BYTE buf[32];
+    int ok = 0;
+    (void)arg;
+    if (((fn_open_session)sym("C_OpenSession"))(0, 4 /* SERIAL */, NULL, NULL, &h) == 0)
+        for (int i = 0; i < calls_per_thread; i++)
+            ok += ((fn_generate_random)sym("C_GenerateRandom"))(h, buf, sizeof(buf)) == 0;
+    pthread_mutex_lock(&calls_lock);
+    calls_ok += ok;
+    pthread_mutex_unlock(&calls_lock);
+    return NULL;
+}
+
+static void run_threads(int n, int calls)
+{
+    pthread_t threads[64];
+    struct timespec t0, t1;
+    calls_per_thread = calls;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (int i = 0; i < n && i < 64; i++)
+        pthread_create(&threads[i], NULL, random_worker, NULL);
+    for (int i = 0; i < n && i < 64; i++)
+        pthread_join(threads[i], NULL);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    printf("threads calls_ok=%d of %d elapsed_ms=%ld\n", calls_ok, n * calls,
+           (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000);
+}
+
 int main(int argc, char **argv)
 {
     const char *cmd;
@@ -191,6 +228,11 @@ int main(int argc, char **argv)
         printf("C_GetFunctionList rv=0x%lx version=%d.%d\n", rv, ((CK_VERSION *)fl)->major,
                ((CK_VERSION *)fl)->minor);
         printf("C_GetFunctionList null rv=0x%lx\n", ((fn_get_function_list)sym("C_GetFunctionList"))(NULL));
+    } else if (strcmp(cmd, "threads") == 0) {
+        int n = argc > 3 ? atoi(argv[3]) : 8, calls = argc > 4 ? atoi(argv[4]) : 1;
+        printf("C_Initialize rv=0x%lx\n", initialize(2 /* OS_LOCKING_OK */, 0, NULL));
+        list_objects(); /* warm up: Python, the KMS client */
+        run_threads(n, calls);
     } else if (strcmp(cmd, "fork") == 0) {
         /* fork N [objects]: the parent opens a session, N children each use it (and re-initialise).
            With "objects", the parent calls KMS before forking and each child calls KMS too. */
