@@ -4,10 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# gcc: cffi compiles the module, the tests compile a C harness; openssl + libengine-pkcs11-openssl:
-# libp11's engine; opensc: pkcs11-tool; gnutls-bin: p11tool, certtool; libnss3-tools: modutil,
-# certutil; p11-kit: its proxy module.
-PACKAGES=(gcc libc6-dev openssl libengine-pkcs11-openssl opensc gnutls-bin libnss3-tools p11-kit)
+# The module's build: gcc (cffi compiles it). The consumers the tests drive: openssl and
+# libengine-pkcs11-openssl (libp11's engine), curl, opensc (pkcs11-tool), gnutls-bin (p11tool,
+# certtool, gnutls-serv/cli), libnss3-tools (modutil, certutil, selfserv, tstclnt), firefox-esr,
+# p11-kit (its proxy module), openjdk-17-jdk-headless (keytool, jarsigner), openssh-client and
+# openssh-server, nginx, osslsigncode.
+PACKAGES=(
+  gcc libc6-dev openssl libengine-pkcs11-openssl curl opensc gnutls-bin libnss3-tools
+  firefox-esr p11-kit openjdk-17-jdk-headless openssh-client openssh-server nginx osslsigncode
+)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

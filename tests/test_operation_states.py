@@ -239,3 +239,29 @@ def test_session_copies_end_with_their_session(raw, s):
     assert lib.C_SignInit(s, ffi.NULL, 0) == CKR.OK
     assert lib.C_CloseSession(other[0]) == CKR.OK
     assert lib.C_SignInit(s, mech(raw, CKM.ECDSA_SHA384), copy[0]) == CKR.KEY_HANDLE_INVALID
+
+
+@pytest.mark.parametrize("mechanism, name", [(CKM.SHA_1, "sha1"), (CKM.SHA224, "sha224"),
+                                             (CKM.SHA256, "sha256"), (CKM.SHA384, "sha384"),
+                                             (CKM.SHA512, "sha512")])
+def test_digests(raw, s, mechanism, name):
+    """Computed locally; Java's SunPKCS11 checks for them before it signs with RSASSA-PSS."""
+    ffi, lib = raw
+    info = ffi.new("CK_MECHANISM_INFO *")
+    assert lib.C_GetMechanismInfo(0, mechanism, info) == CKR.OK
+    assert info.flags & CKF.DIGEST and not info.flags & CKF.HW
+    expected = hashlib.new(name, MESSAGE).digest()
+    n = ffi.new("CK_ULONG *")
+    assert lib.C_DigestInit(s, mech(raw, mechanism)) == CKR.OK
+    assert lib.C_Digest(s, MESSAGE, len(MESSAGE), ffi.NULL, n) == CKR.OK and n[0] == len(expected)
+    out = ffi.new("unsigned char[64]")
+    assert lib.C_Digest(s, MESSAGE, len(MESSAGE), out, n) == CKR.OK
+    assert bytes(ffi.buffer(out, n[0])) == expected
+    assert lib.C_DigestInit(s, mech(raw, mechanism)) == CKR.OK
+    assert lib.C_DigestUpdate(s, MESSAGE[:5], 5) == CKR.OK
+    assert lib.C_DigestUpdate(s, MESSAGE[5:], len(MESSAGE) - 5) == CKR.OK
+    n[0] = 64
+    assert lib.C_DigestFinal(s, out, n) == CKR.OK and bytes(ffi.buffer(out, n[0])) == expected
+    assert lib.C_DigestInit(s, mech(raw, mechanism)) == CKR.OK
+    assert lib.C_DigestKey(s, key(raw, s, "rsa")) == CKR.KEY_INDIGESTIBLE
+    assert lib.C_SignInit(s, mech(raw, mechanism), key(raw, s, "rsa")) == CKR.MECHANISM_INVALID

@@ -132,6 +132,26 @@ def C_DecryptFinal(hSession, pLastPart, pulLastPartLen):  # type: ignore[no-unty
     _final(ops.DECRYPT, hSession, pLastPart, pulLastPartLen)
 
 
+def C_DigestInit(hSession, pMechanism):  # type: ignore[no-untyped-def]
+    ops.digest_init(hSession, read_mechanism(pMechanism))
+
+
+def C_Digest(hSession, pData, ulDataLen, pDigest, pulDigestLen):  # type: ignore[no-untyped-def]
+    _single(ops.DIGEST, hSession, pData, ulDataLen, pDigest, pulDigestLen)
+
+
+def C_DigestUpdate(hSession, pPart, ulPartLen):  # type: ignore[no-untyped-def]
+    ops.update(ops.DIGEST, hSession, read_bytes(pPart, ulPartLen))
+
+
+def C_DigestFinal(hSession, pDigest, pulDigestLen):  # type: ignore[no-untyped-def]
+    _final(ops.DIGEST, hSession, pDigest, pulDigestLen)
+
+
+def C_DigestKey(hSession, hKey):  # type: ignore[no-untyped-def]
+    ops.digest_key(hSession, hKey)
+
+
 def C_GenerateRandom(hSession, RandomData, ulRandomLen):  # type: ignore[no-untyped-def]
     if ulRandomLen:
         require(RandomData)

@@ -20,9 +20,9 @@ class Mechanism:
     """A mechanism's static facts. `flags` are CKF_SIGN/VERIFY/ENCRYPT/DECRYPT/... (CKF_HW added)."""
 
     mechanism: CKM
-    key_type: CKK
+    key_type: CKK | None  # None: a mechanism without a key (digests)
     flags: int
-    key_usage: str  # the KMS KeyUsage a key needs for it
+    key_usage: str | None  # the KMS KeyUsage a key needs for it
     start: Callable[..., Any]  # (kind, KeyUse, MechanismArgs) -> an operation (core/operations.py)
     key_specs: frozenset[str] | None = None  # None: every spec of key_type
 
@@ -44,7 +44,8 @@ def lookup(mechanism: int) -> Mechanism:
 
 def applies(m: Mechanism, spec: KeySpec, usage: str) -> bool:
     return (
-        m.key_type == spec.key_type
+        m.key_type is not None
+        and m.key_type == spec.key_type
         and m.key_usage == usage
         and (m.key_specs is None or spec.name in m.key_specs)
     )
@@ -68,4 +69,6 @@ def offered(keys: Iterable[tuple[KeySpec, str]]) -> dict[int, tuple[int, int, in
                 continue
             lo, hi, flags = out.get(int(m.mechanism), (spec.bits, spec.bits, 0))
             out[int(m.mechanism)] = (min(lo, spec.bits), max(hi, spec.bits), flags | m.flags | CKF.HW)
+        if m.key_type is None:  # computed here, in software: no CKF_HW
+            out[int(m.mechanism)] = (0, 0, m.flags)
     return out

@@ -20,7 +20,7 @@ from .access import find_object
 from .objects import KmsKey
 from .session import Session, session
 
-SIGN, VERIFY, ENCRYPT, DECRYPT = "sign", "verify", "encrypt", "decrypt"
+SIGN, VERIFY, ENCRYPT, DECRYPT, DIGEST = "sign", "verify", "encrypt", "decrypt", "digest"
 
 # kind -> (the mechanism flag it needs, the key object classes that may do it, the KMS key usage).
 # Private key objects carry the public key, so they verify and encrypt too.
@@ -68,6 +68,28 @@ class Output:
     data: bytes | None
 
 
+def digest_init(session_handle: int, args) -> None:  # type: ignore[no-untyped-def]
+    """C_DigestInit: no key; the hashing happens here (Java asks for digests before PSS)."""
+    s = session(session_handle)
+    if args is None:
+        s.operations.pop(DIGEST, None)
+        return
+    if DIGEST in s.operations:
+        raise PKCS11Error(CKR.OPERATION_ACTIVE, "a digest operation is active")
+    mechanism = mechanisms.lookup(args.mechanism)
+    if mechanism.key_type is not None or not mechanism.flags & CKF.DIGEST:
+        raise PKCS11Error(CKR.MECHANISM_INVALID, f"{mechanism.mechanism.name} is not a digest")
+    s.operations[DIGEST] = Active(mechanism.start(DIGEST, None, args))
+
+
+def digest_key(session_handle: int, key_handle: int) -> None:
+    """C_DigestKey: only secret keys can be digested, and KMS private key material never leaves."""
+    s = session(session_handle)
+    _active(s, DIGEST)
+    find_object(session_handle, key_handle)
+    raise PKCS11Error(CKR.KEY_INDIGESTIBLE, "KMS keys cannot be digested")
+
+
 def init(kind: str, session_handle: int, args, key_handle: int) -> None:  # type: ignore[no-untyped-def]
     """C_SignInit & co. `args` None cancels the active operation (pkcs11-provider relies on it)."""
     s = session(session_handle)
@@ -77,6 +99,8 @@ def init(kind: str, session_handle: int, args, key_handle: int) -> None:  # type
     if kind in s.operations:
         raise PKCS11Error(CKR.OPERATION_ACTIVE, f"a {kind} operation is active")
     mechanism = mechanisms.lookup(args.mechanism)
+    if mechanism.key_type is None:
+        raise PKCS11Error(CKR.MECHANISM_INVALID, f"{mechanism.mechanism.name} takes no key")
     if not mechanism.flags & KINDS[kind][0]:
         raise PKCS11Error(CKR.MECHANISM_INVALID, f"{mechanism.mechanism.name} cannot {kind}")
     key = _usable_key(s, kind, key_handle)

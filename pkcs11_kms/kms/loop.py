@@ -49,6 +49,19 @@ def threads_allowed() -> bool:
     return _threads_allowed
 
 
+def _start_with_signals_blocked(thread: threading.Thread) -> None:
+    """Starts our thread with every signal blocked (it inherits the mask; so do the I/O pool's
+    threads it creates later): the host's signals (nginx's SIGCHLD, SIGIO, SIGTERM to its master)
+    must reach the host's own threads, never ours."""
+    import signal
+
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    try:
+        thread.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 class _InlineWhenThreadless(concurrent.futures.ThreadPoolExecutor):
     """The loop's default executor (DNS, TLS context files, credential_process): a lazy thread
     pool, except that it runs the work inline while the host forbids threads."""
@@ -109,7 +122,7 @@ class _Runner:
                     self.thread = threading.Thread(
                         target=self._serve, args=(ready,), name="pkcs11-kms-loop", daemon=True
                     )
-                    self.thread.start()
+                    _start_with_signals_blocked(self.thread)
                     ready.wait(_STOP_TIMEOUT)
                 thread, loop = self.thread, self.loop
                 if loop is None:

@@ -2,4 +2,4 @@
 
 # Registration order is the order of C_GetMechanismList: RSA hash-and-sign first (see
 # core.mechanisms.offered).
-from . import rsa_pkcs, rsa_pss, ecdsa, rsa_oaep  # noqa: F401, I001
+from . import rsa_pkcs, rsa_pss, ecdsa, rsa_oaep, digests  # noqa: F401, I001

@@ -1,0 +1,1 @@
+"""The `pkcs11-kms` subcommands (keys, doctor, emulator, tsa); the module never imports this."""

@@ -1,0 +1,372 @@
+"""`pkcs11-kms doctor`: can the module work here? Config, credentials, region, endpoint, keys."""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+from urllib.parse import urlsplit
+
+from ..config import Config, TokenConfig
+from ..kms.backend import Connection, PublicKey
+
+OK, BAD, NOTE = "✓", "✗", "·"
+
+# KMS error code -> what to do about it (the {key} and {op} placeholders are filled in).
+_FIXES = {
+    "NotFoundException": "no such key or alias in this account and region: check the name, "
+    "the region and the account the credentials belong to",
+    "DisabledException": "the key is disabled: enable it (aws kms enable-key --key-id {key}) or "
+    "remove it from the config",
+    "KMSInvalidStateException": "the key is pending deletion or import: cancel the deletion "
+    "(aws kms cancel-key-deletion --key-id {key}) or remove it from the config",
+    "AccessDeniedException": "this identity may not call kms:{op} on {key}: allow it in the IAM "
+    "policy or the key policy",
+    "InvalidKeyUsageException": "KMS refuses {op} with this key's usage or spec",
+    "UnrecognizedClientException": "KMS does not know the access key id: the credentials belong "
+    "to no account here (wrong profile or endpoint?)",
+    "InvalidSignatureException": "KMS refused the request signature: wrong secret key, or the "
+    "clock is off",
+    "ExpiredTokenException": "the session credentials expired: renew them (aws sso login, or a "
+    "fresh role session)",
+    "NoCredentials": "no usable AWS credentials",
+    "NetworkError": "cannot connect to the KMS endpoint",
+    "TlsError": "TLS to the endpoint failed: check ca_bundle",
+    "Timeout": "KMS did not answer in time",
+}
+_CREDENTIAL_SOURCES = {
+    "env": "environment variables",
+    "shared-credentials-file": "~/.aws/credentials",
+    "config-file": "~/.aws/config",
+    "custom-process": "credential_process of the profile",
+    "assume-role": "assume-role profile",
+    "assume-role-with-web-identity": "web identity token",
+    "sso": "IAM Identity Center (SSO) profile",
+    "container-role": "container role",
+    "iam-role": "EC2 instance role",
+}
+_SIGN_ALGORITHMS = {
+    "RSA": "RSASSA_PKCS1_V1_5_SHA_256",
+    "ECC_NIST_P256": "ECDSA_SHA_256",
+    "ECC_SECG_P256K1": "ECDSA_SHA_256",
+    "ECC_NIST_P384": "ECDSA_SHA_384",
+    "ECC_NIST_P521": "ECDSA_SHA_512",
+}
+
+
+@dataclass
+class Report:
+    """The lines printed so far and how many of them are problems."""
+
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+    problems: int = 0
+
+    def ok(self, text: str) -> None:
+        print(f"{OK} {text}", file=self.out, flush=True)
+
+    def note(self, text: str) -> None:
+        print(f"{NOTE} {text}", file=self.out, flush=True)
+
+    def bad(self, text: str, fix: str | None = None) -> None:
+        self.problems += 1
+        print(f"{BAD} {text}", file=self.out, flush=True)
+        if fix:
+            print(f"  → fix: {fix}", file=self.out, flush=True)
+
+    def heading(self, text: str) -> None:
+        print(f"\n{text}", file=self.out, flush=True)
+
+
+def _fix_for(code: str, key: str, op: str, default: str = "") -> str:
+    return _FIXES.get(code, default or f"KMS answered {code}").format(key=key, op=op)
+
+
+# --- config ---------------------------------------------------------------------------------------
+
+
+def check_config(path: str | None, report: Report) -> Config | None:
+    from ..config import find_config, load_config
+    from ..errors import ConfigError
+
+    try:
+        if path is not None:
+            if not os.path.isfile(os.path.expanduser(path)):
+                raise ConfigError(path, "no such file (named by --config)")
+            path = os.path.abspath(os.path.expanduser(path))
+        found = path or find_config()
+        config = load_config(path)
+    except ConfigError as e:
+        report.bad(f"config: {e.why}", "edit the file: the module refuses to start with it "
+                   "(C_Initialize returns CKR_FUNCTION_FAILED)")
+        return None
+    if found is None:
+        report.ok("config: no file found ($PKCS11_KMS_CONFIG, ~/.config/pkcs11-kms/config.toml, "
+                  "/etc/pkcs11-kms/config.toml): one token with every usable key, AWS defaults")
+    else:
+        count = len(config.tokens)
+        report.ok(f"config: {found} ({count} [[token]] table{'s' if count != 1 else ''})")
+    return config
+
+
+# --- the connection: region, credentials, endpoint ------------------------------------------------
+
+
+def _session(connection: Connection) -> Any:
+    import botocore.session
+
+    return botocore.session.Session(profile=connection.profile)
+
+
+def check_region(connection: Connection, report: Report) -> str | None:
+    from botocore.exceptions import ProfileNotFound
+
+    if connection.region:
+        report.ok(f"region: {connection.region} (config)")
+        return connection.region
+    if os.environ.get("AWS_REGION"):
+        report.ok(f"region: {os.environ['AWS_REGION']} (AWS_REGION)")
+        return os.environ["AWS_REGION"]
+    try:
+        region = _session(connection).get_config_variable("region")
+    except ProfileNotFound as e:
+        report.bad(f"region: {e}", "check the profile name (config `profile`, AWS_PROFILE) "
+                   "and ~/.aws/config")
+        return None
+    if not region:
+        report.bad("region: none configured", "set region in the config file, or AWS_REGION, "
+                   "or region in the AWS profile")
+        return None
+    source = "AWS_DEFAULT_REGION" if os.environ.get("AWS_DEFAULT_REGION") == region else "profile"
+    report.ok(f"region: {region} ({source})")
+    return str(region)
+
+
+def check_credentials(connection: Connection, report: Report) -> bool:
+    """Found or not, and where from; never a secret (not even the access key id)."""
+    from botocore.exceptions import BotoCoreError, ProfileNotFound
+
+    fix = ("set AWS_PROFILE (or `profile` in the config), or AWS_ACCESS_KEY_ID and "
+           "AWS_SECRET_ACCESS_KEY, or run where an instance or container role applies; "
+           "nginx-like workers need the variables passed explicitly")
+    try:
+        credentials = _session(connection).get_credentials()
+        if credentials is not None:
+            frozen = credentials.get_frozen_credentials()  # refreshes SSO/role sessions now
+            if not frozen.access_key:
+                credentials = None
+    except ProfileNotFound as e:
+        report.bad(f"credentials: {e}", "check the profile name and ~/.aws/config")
+        return False
+    except BotoCoreError as e:
+        report.bad(f"credentials: cannot be resolved: {e}", fix)
+        return False
+    if credentials is None:
+        report.bad("credentials: none found (environment, profile, SSO, container or instance "
+                   "role)", fix)
+        return False
+    method = getattr(credentials, "method", "") or "unknown"
+    source = _CREDENTIAL_SOURCES.get(method, method)
+    profile = connection.profile or os.environ.get("AWS_PROFILE")
+    report.ok(f"credentials: found ({source}{', profile ' + profile if profile else ''})")
+    return True
+
+
+def endpoint_url(connection: Connection, region: str) -> str:
+    """The URL the module's client will use: the config's, else botocore's own resolution
+    (AWS_ENDPOINT_URL_KMS, AWS_ENDPOINT_URL, FIPS/dual-stack settings, the region)."""
+    if connection.endpoint_url:
+        return connection.endpoint_url
+    client = _session(connection).create_client("kms", region_name=region)
+    return str(client.meta.endpoint_url)
+
+
+def _ca_file(connection: Connection) -> str | None:
+    if connection.ca_bundle:
+        return connection.ca_bundle
+    if os.environ.get("AWS_CA_BUNDLE"):
+        return os.environ["AWS_CA_BUNDLE"]
+    from botocore.httpsession import get_cert_path
+
+    path = get_cert_path(True)
+    return path if isinstance(path, str) else None
+
+
+def check_endpoint(connection: Connection, url: str, timeout: float, report: Report) -> bool:
+    """A TCP connection, and for https:// a verified TLS handshake, within `timeout`."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    start = time.monotonic()
+    fix_net = (f"is the endpoint right ({url})? is the network, a proxy or a VPC endpoint "
+               "needed? (an emulator: is it running?)")
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            detail = "TCP"
+            if parts.scheme == "https":
+                cafile = _ca_file(connection)
+                context = ssl.create_default_context(cafile=cafile)
+                sock.settimeout(timeout)
+                with context.wrap_socket(sock, server_hostname=host) as tls:
+                    detail = f"{tls.version()}, certificate verified"
+                    if cafile and (connection.ca_bundle or os.environ.get("AWS_CA_BUNDLE")):
+                        detail += f" with {cafile}"
+    except ssl.SSLCertVerificationError as e:
+        report.bad(f"endpoint: {url}: certificate not trusted: {e.verify_message}",
+                   "set ca_bundle in the config (or AWS_CA_BUNDLE) to the CA that issued the "
+                   "endpoint's certificate")
+        return False
+    except ssl.SSLError as e:
+        report.bad(f"endpoint: {url}: TLS handshake failed: {e.reason or e}",
+                   "is it an https:// endpoint? check ca_bundle")
+        return False
+    except socket.gaierror as e:
+        report.bad(f"endpoint: {url}: cannot resolve {host}: {e.strerror}", fix_net)
+        return False
+    except TimeoutError:
+        report.bad(f"endpoint: {url}: no connection within {timeout:g} s", fix_net)
+        return False
+    except OSError as e:
+        report.bad(f"endpoint: {url}: {e.strerror or e}", fix_net)
+        return False
+    elapsed = (time.monotonic() - start) * 1000
+    proxy = next((v for v in ("HTTPS_PROXY", "https_proxy") if os.environ.get(v)), None)
+    note = f"; note: {proxy} is set, the module's requests go through it" if proxy else ""
+    report.ok(f"endpoint: {url} reachable ({detail}, {elapsed:.0f} ms){note}")
+    return True
+
+
+# --- keys -----------------------------------------------------------------------------------------
+
+
+def _algorithm(public: PublicKey) -> tuple[str, str]:
+    """(KMS operation, algorithm) a DryRun checks: what the module uses most."""
+    if public.key_usage == "ENCRYPT_DECRYPT":
+        return "Decrypt", "RSAES_OAEP_SHA_256"
+    return "Sign", _SIGN_ALGORITHMS.get(public.key_spec, _SIGN_ALGORITHMS["RSA"])
+
+
+def check_key(backend: Any, name: str, label: str, public: PublicKey | None,
+              report: Report, shown: str | None = None) -> bool:
+    """GetPublicKey (unless already done), then a DryRun of the key's operation."""
+    from ..core.token import usable
+    from ..kms import KmsError
+
+    shown = shown or (f"{name} ({label})" if label != name else name)
+    if public is None:
+        try:
+            public = backend.get_public_key(name)
+        except KmsError as e:
+            detail = f": {e.message}" if e.message else ""
+            report.bad(f"key {shown}: GetPublicKey: {e.code}{detail}",
+                       _fix_for(e.code, name, "GetPublicKey"))
+            return False
+    assert public is not None
+    what = f"{public.key_spec} {public.key_usage}"
+    if not usable(public, name):
+        report.bad(f"key {shown}: {what} is not supported: the token leaves it out",
+                   "use an RSA 2048/3072/4096 or EC P-256/P-384/P-521/secp256k1 key with usage "
+                   "SIGN_VERIFY or ENCRYPT_DECRYPT")
+        return False
+    operation, algorithm = _algorithm(public)
+    try:
+        if operation == "Sign":
+            answered = backend.dry_run_sign(name, algorithm)
+        else:
+            answered = backend.dry_run_decrypt(name, algorithm)
+    except KmsError as e:
+        report.bad(f"key {shown}: {what}: {operation} refused: {e.code}"
+                   f"{': ' + e.message if e.message else ''}", _fix_for(e.code, name, operation))
+        return False
+    how = "DryRun" if answered else "the endpoint ignores DryRun and performed it"
+    report.ok(f"key {shown}: {what}, kms:{operation} allowed ({how})")
+    return True
+
+
+def check_token(tc: TokenConfig, index: int, report: Report) -> int:
+    """The keys of one [[token]] table; returns how many are usable."""
+    from ..core.token import alias_label, is_alias, listed_keys
+    from ..kms import KmsError, backend_for
+
+    backend = backend_for(tc.connection)
+    usable_keys = 0
+    if tc.keys is not None:
+        for ref in tc.keys:
+            label = ref.label or (alias_label(ref.key) if is_alias(ref.key) else ref.key)
+            usable_keys += check_key(backend, ref.key, label, None, report)
+        return usable_keys
+    filters = []
+    if tc.alias_prefix:
+        filters.append(f"alias prefix {tc.alias_prefix}")
+    if tc.tags:
+        filters.append("tags " + ", ".join(f"{k}={v}" for k, v in tc.tags.items()))
+    try:
+        keys = listed_keys(backend, tc)
+    except KmsError as e:
+        report.bad(f"listing keys: {e.operation}: {e.code}",
+                   _fix_for(e.code, "*", e.operation,
+                            "allow kms:ListKeys, kms:ListAliases, kms:DescribeKey and "
+                            "kms:ListResourceTags, or name the keys in the config (keys = [...])"))
+        return 0
+    if not keys:
+        where = f" matching {' and '.join(filters)}" if filters else ""
+        report.bad(f"listing keys: no usable key{where}",
+                   "create an asymmetric SIGN_VERIFY or ENCRYPT_DECRYPT key (enabled), or fix "
+                   "alias_prefix/tags (`pkcs11-kms keys -v` shows skipped keys)")
+        return 0
+    report.ok(f"listing keys: {len(keys)} usable key{'s' if len(keys) != 1 else ''}"
+              f"{' matching ' + ' and '.join(filters) if filters else ''}")
+    for key in keys:
+        public = backend.get_public_key(key.arn)  # cached by listing
+        shown = f"{key.label} ({key.key_id})" if key.label != key.key_id else key.key_id
+        usable_keys += check_key(backend, key.arn, key.label, public, report, shown)
+    return usable_keys
+
+
+def run(config_path: str | None, timeout: float | None, out: TextIO | None = None) -> int:
+    from .selection import quiet_module_logs
+
+    quiet_module_logs()
+    report = Report(out or sys.stdout)
+    config = check_config(config_path, report)
+    if config is None:
+        return _summary(report, 0)
+    checked: dict[Connection, bool] = {}
+    total = 0
+    for index, tc in enumerate(config.tokens, 1):
+        name = tc.label or ("one token per key" if tc.token_per_key else "default label")
+        report.heading(f"[[token]] #{index} {name!r}")
+        c = tc.connection
+        if c not in checked:
+            region = check_region(c, report)
+            creds = check_credentials(c, report)
+            reachable = False
+            if region:
+                try:
+                    url = endpoint_url(c, region)
+                except Exception as e:  # noqa: BLE001 - botocore's endpoint resolution
+                    report.bad(f"endpoint: cannot be resolved: {e}")
+                else:
+                    reachable = check_endpoint(c, url, timeout or c.connect_timeout, report)
+            checked[c] = bool(region and creds and reachable)
+        else:
+            report.note("connection: as checked above")
+        if not checked[c]:
+            report.note("keys: not checked until the problems above are fixed")
+            continue
+        total += check_token(tc, index, report)
+    return _summary(report, total)
+
+
+def _summary(report: Report, keys: int) -> int:
+    if report.problems:
+        plural = "s" if report.problems != 1 else ""
+        print(f"\n{BAD} {report.problems} problem{plural}: fix the lines marked {BAD} above",
+              file=report.out, flush=True)
+        return 1
+    print(f"\n{OK} everything is usable: {keys} key{'s' if keys != 1 else ''}", file=report.out,
+          flush=True)
+    return 0
