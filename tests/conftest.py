@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from keyseed import REGION, SEED, seed_key, write_config
+from keyseed import REGION, SEED, SeededKey, seed_key, write_config
 
 # Never reach the EC2 metadata service or real AWS from tests (DESIGN section 6).
 for _name, _value in {

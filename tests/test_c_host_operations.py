@@ -126,7 +126,6 @@ def test_decrypt_what_openssl_encrypted(setup, digest):
 
 
 def test_generate_random(setup):
-    d = setup[0]
     a = tool(setup, "--generate-random", "3000").stdout
     b = tool(setup, "--generate-random", "3000").stdout
     assert len(a) == len(b) == 3000 and a != b

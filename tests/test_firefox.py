@@ -35,7 +35,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from test_nss import free_port, kms_self_signed, pem, run, tls_server, tool
+from hosts import free_port, kms_self_signed, pem, run, tls_server, tool
 
 from keyseed import SeededKey, seed_key, write_config
 

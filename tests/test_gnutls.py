@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from test_nss import free_port, run, tls_server, tool
+from hosts import free_port, run, tls_server, tool
 
 from keyseed import SeededKey, seed_key, write_config
 

@@ -24,20 +24,13 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from hosts import tool
 from keyseed import seed_key, write_config
 
 ENGINE = Path("/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so")
 JAVA_CFG = Path(__file__).resolve().parent.parent / "conf" / "java-pkcs11.cfg"
-PACKAGES = {"keytool": "openjdk-17-jdk-headless", "jarsigner": "openjdk-17-jdk-headless",
-            "java": "openjdk-17-jdk-headless", "openssl": "openssl"}
 TOKEN = "java"
 STOREPASS = "x"  # the token needs no PIN; keytool and jarsigner log in with whatever is given
-
-
-def tool(name: str) -> str:
-    path = shutil.which(name)
-    assert path, f"{name} is not installed (Debian package {PACKAGES[name]}): CI must provide it"
-    return path
 
 
 def run(cmd: list[str], env: dict[str, str], timeout: float = 120, **kw):

@@ -26,11 +26,11 @@ import time
 from pathlib import Path
 
 import pytest
+from hosts import free_port, run, tool
 from keyseed import REGION, seed_key
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 ENGINE = Path("/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so")
-PACKAGES = {"nginx": "nginx", "openssl": "openssl"}
 TOKEN = "nginx"
 REQUESTS = 200
 WORKERS = 4
@@ -38,26 +38,6 @@ NOBODY = 65534
 # Signals an nginx master waits for in sigsuspend(); a thread of the module must not take them.
 MASTER_SIGNALS = (signal.SIGCHLD, signal.SIGALRM, signal.SIGIO, signal.SIGHUP, signal.SIGTERM,
                   signal.SIGQUIT, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
-
-
-def tool(name: str) -> str:
-    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin")
-    assert path, f"{name} is not installed (Debian package {PACKAGES[name]}): CI must provide it"
-    return path
-
-
-def run(cmd: list[str], env: dict[str, str], timeout: float = 60):
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
-                          check=False, stdin=subprocess.DEVNULL)
-    assert proc.returncode >= 0, f"{cmd[0]} died by signal {-proc.returncode}: {proc.stderr}"
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def render(text: str, replacements: dict[str, str]) -> str:

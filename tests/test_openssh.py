@@ -12,7 +12,6 @@ from __future__ import annotations
 import getpass
 import os
 import re
-import shutil
 import socket
 import subprocess
 import time
@@ -20,33 +19,12 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from hosts import free_port, run, tool
 from keyseed import seed_key, write_config
 
-PACKAGES = {"ssh": "openssh-client", "ssh-keygen": "openssh-client", "ssh-agent": "openssh-client",
-            "ssh-add": "openssh-client", "sshd": "openssh-server"}
 TOKEN = "ssh"
 KEYS = {"rsa": "RSA_2048", "ec": "ECC_NIST_P256", "ec384": "ECC_NIST_P384"}
 SSH_TYPES = {"rsa": "ssh-rsa", "ec": "ecdsa-sha2-nistp256", "ec384": "ecdsa-sha2-nistp384"}
-
-
-def tool(name: str) -> str:
-    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin")
-    assert path, f"{name} is not installed (Debian package {PACKAGES[name]}): CI must provide it"
-    return path
-
-
-def run(cmd: list[str], env: dict[str, str], timeout: float = 60, **kw):
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
-                          check=False, stdin=kw.pop("stdin", subprocess.DEVNULL), **kw)
-    assert proc.returncode >= 0, f"{cmd[0]} died by signal {-proc.returncode}: {proc.stderr}"
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: float = 15) -> None:

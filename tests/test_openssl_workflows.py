@@ -16,9 +16,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import shutil
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -27,16 +25,11 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from hosts import free_port, tool
 from keyseed import SeededKey, seed_key, write_config
 
 ENGINE = Path("/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so")
 ENGINE_CONF = Path(__file__).resolve().parents[1] / "conf" / "openssl-engine.cnf"
-PACKAGES = {
-    "openssl": "openssl",
-    "curl": "curl",
-    "pkcs11-tool": "opensc",
-    "p11tool": "gnutls-bin",
-}
 TOKEN = "web"
 # name -> (object label, KMS key spec, key usage). Aliases get an "owf-" prefix: other test
 # modules seed keys on the same session-wide emulator.
@@ -51,12 +44,6 @@ SAN = "subjectAltName=DNS:localhost,IP:127.0.0.1"
 
 
 # ---- helpers -------------------------------------------------------------------------------------
-
-
-def tool(name: str) -> str:
-    path = shutil.which(name)
-    assert path, f"{name} is not installed (Debian package {PACKAGES[name]}): CI must provide it"
-    return path
 
 
 def run(cmd: list[str], env: dict[str, str], *, ok: bool = True, timeout: float = TIMEOUT,
@@ -94,12 +81,6 @@ def cert_public_der(path: Path) -> bytes:
     cert = x509.load_pem_x509_certificate(path.read_bytes())
     return cert.public_key().public_bytes(serialization.Encoding.DER,
                                           serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

@@ -8,7 +8,6 @@ import os
 import pkcs11
 import pytest
 from asn1crypto import algos, core
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, utils
 from pkcs11 import MGF, Mechanism, ObjectClass

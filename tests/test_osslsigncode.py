@@ -9,31 +9,15 @@ Every tool is required: a missing one fails the test instead of skipping it.
 from __future__ import annotations
 
 import os
-import shutil
 import struct
-import subprocess
 from pathlib import Path
 
 import pytest
+from hosts import run, tool
 from keyseed import seed_key, write_config
 
 ENGINE = Path("/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so")
-PACKAGES = {"osslsigncode": "osslsigncode", "openssl": "openssl"}
 TOKEN = "codesign"
-
-
-def tool(name: str) -> str:
-    path = shutil.which(name)
-    assert path, f"{name} is not installed (Debian package {PACKAGES[name]}): CI must provide it"
-    return path
-
-
-def run(cmd: list[str], env: dict[str, str], timeout: float = 60):
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
-                          check=False, stdin=subprocess.DEVNULL)
-    assert proc.returncode >= 0, f"{cmd[0]} died by signal {-proc.returncode}: {proc.stderr}"
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc
 
 
 SECTION_OFFSET = 0x200  # file offset of .text: headers fill the first 0x200 bytes

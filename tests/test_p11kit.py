@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import hashes
-from test_nss import run, tool, verify_signature
+from hosts import run, tool, verify_signature
 
 from keyseed import SeededKey, seed_key, write_config
 

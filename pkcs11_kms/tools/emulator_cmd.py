@@ -108,10 +108,12 @@ def _env_lines(env: dict[str, str]) -> list[str]:
 
 
 def run(directory: str, port: int, tls: bool, region: str) -> int:
-    try:
-        from ..emulator.server import make_server
-    except ImportError as e:  # moto is an optional dependency
-        print(f"pkcs11-kms emulator: {e.name or e}: install the emulator extra "
+    import importlib.util
+
+    from ..emulator.server import make_server
+
+    if importlib.util.find_spec("moto") is None:  # an optional dependency
+        print("pkcs11-kms emulator: moto is not installed: install the emulator extra "
               "(pip install 'pkcs11-kms[emulator]')", file=sys.stderr)
         return 2
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
