@@ -9,7 +9,6 @@ from ..core import access, module, session, slots
 from .marshal import (
     NULL,
     fill_attributes,
-    read_bytes,
     read_template,
     require,
     set_text,
@@ -124,8 +123,8 @@ def C_GetSessionInfo(hSession, pInfo):  # type: ignore[no-untyped-def]
 
 
 def C_Login(hSession, userType, pPin, ulPinLen):  # type: ignore[no-untyped-def]
-    # The PIN is never read into Python beyond this check, and never logged.
-    session.login(hSession, userType, None if pPin == NULL else b"")
+    # Any PIN is accepted (KMS authorises with IAM): the PIN is never read, so never logged.
+    session.login(hSession, userType)
 
 
 def C_LoginUser(hSession, userType, pPin, ulPinLen, pUsername, ulUsernameLen):  # type: ignore[no-untyped-def]
@@ -180,4 +179,3 @@ def C_GetObjectSize(hSession, hObject, pulSize):  # type: ignore[no-untyped-def]
 
 
 __all__ = [name for name in dir() if name.startswith("C_")]
-_ = read_bytes

@@ -12,7 +12,8 @@ from .. import __version__
 from ..ck import CKF, CKR
 from ..config import Config, load_config
 from ..errors import ConfigError, PKCS11Error
-from .token import Token, fit_label
+from ..kms import KmsError
+from .token import Token, alias_label, discover, fit_label, is_alias
 
 log = logging.getLogger("pkcs11_kms.module")
 
@@ -55,9 +56,6 @@ class Module:
 
 
 def build_tokens(config: Config) -> list[Token]:
-    from ..kms import KmsError
-    from .token import discover, is_alias, alias_label
-
     tokens: list[Token] = []
     for tc in config.tokens:
         if not tc.token_per_key:
@@ -66,7 +64,9 @@ def build_tokens(config: Config) -> list[Token]:
             continue
         if tc.keys is not None:  # one token per named key, still without calling KMS
             for ref in tc.keys:
-                label = ref.label or (alias_label(ref.key) if is_alias(ref.key) else ref.key.rsplit("/", 1)[-1])
+                label = ref.label or (
+                    alias_label(ref.key) if is_alias(ref.key) else ref.key.rsplit("/", 1)[-1]
+                )
                 tokens.append(Token(len(tokens), tc, label, refs=(ref,)))
             continue
         try:

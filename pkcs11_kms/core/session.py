@@ -96,7 +96,7 @@ def get_session_info(handle: int) -> SessionInfo:
     return SessionInfo(s.token.slot_id, s.state, s.flags)
 
 
-def login(handle: int, user_type: int, pin: bytes | None) -> None:
+def login(handle: int, user_type: int) -> None:
     """C_Login: KMS authorises with IAM, so any PIN logs the user in; there is no security officer."""
     s = session(handle)
     if user_type == CKU.SO:

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from asn1crypto import keys as asn1keys
 from asn1crypto import pem, x509
 
-from ..ck import CKR
 from ..config import KeyRef, TokenConfig
 from ..errors import PKCS11Error
 from ..kms import KmsError, backend_for
 from ..kms.backend import KmsBackend, PublicKey
+from .keyspecs import KEY_USAGES
 from .objects import KmsKey, TokenObject, certificate_object, key_id_bytes, key_objects, spec_of
 
 log = logging.getLogger("pkcs11_kms.token")
@@ -36,12 +36,10 @@ def fit_label(text: str, size: int = 32) -> str:
     return text.encode("utf-8")[:size].decode("utf-8", "ignore")
 
 
-def usable(public: PublicKey, where: str) -> bool:
+def usable(key_spec: str, key_usage: str, where: str) -> bool:
     """Keys the token can expose; the others are skipped with one info line each."""
-    spec = spec_of(public.key_spec)
-    if spec is None or public.key_usage not in ("SIGN_VERIFY", "ENCRYPT_DECRYPT"):
-        log.info("skipping %s: key spec %s / usage %s is not supported", where, public.key_spec,
-                 public.key_usage)
+    if spec_of(key_spec) is None or key_usage not in KEY_USAGES:
+        log.info("skipping %s: key spec %s / usage %s is not supported", where, key_spec, key_usage)
         return False
     return True
 
@@ -61,10 +59,11 @@ def named_keys(backend: KmsBackend, refs: tuple[KeyRef, ...]) -> list[KmsKey]:
             public = backend.get_public_key(ref.key)
         except KmsError as e:
             if e.code in ("DisabledException", "KMSInvalidStateException", "NotFoundException"):
-                log.log(logging.WARNING if e.code == "NotFoundException" else logging.INFO, "skipping %s: %s", ref.key, e.code)
+                level = logging.WARNING if e.code == "NotFoundException" else logging.INFO
+                log.log(level, "skipping %s: %s", ref.key, e.code)
                 continue
             raise
-        if not usable(public, ref.key):
+        if not usable(public.key_spec, public.key_usage, ref.key):
             continue
         label = ref.label or (alias_label(ref.key) if is_alias(ref.key) else public.key_id)
         found.append(kms_key(public, label))
@@ -92,16 +91,14 @@ def listed_keys(backend: KmsBackend, config: TokenConfig) -> list[KmsKey]:
         if meta.key_state != "Enabled":
             log.info("skipping %s: state %s", meta.arn, meta.key_state)
             continue
-        if spec_of(meta.key_spec) is None or meta.key_usage not in ("SIGN_VERIFY", "ENCRYPT_DECRYPT"):
-            log.info("skipping %s: key spec %s / usage %s is not supported", meta.arn, meta.key_spec,
-                     meta.key_usage)
+        if not usable(meta.key_spec, meta.key_usage, meta.arn):
             continue
         if wanted_tags:
             tags = backend.list_resource_tags(key_id)
             if any(tags.get(k) != v for k, v in wanted_tags.items()):
                 continue
         public = backend.get_public_key(meta.arn)
-        if usable(public, meta.arn):
+        if usable(public.key_spec, public.key_usage, meta.arn):
             label = alias_label(names[0]) if names else public.key_id
             found.append(kms_key(public, label))
     return found
