@@ -5,11 +5,13 @@ made by a KMS key."""
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import ipaddress
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -80,10 +82,22 @@ def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 30,
     raise AssertionError(f"{proc.args[0]} is not listening on 127.0.0.1:{port}")
 
 
+@functools.cache
+def bind_loopback() -> str:
+    """An LD_PRELOAD library that turns a server's wildcard bind() into a loopback one."""
+    source = Path(__file__).parent / "harness" / "bind_loopback.c"
+    out = Path(tempfile.mkdtemp(prefix="bind-loopback-")) / "bind_loopback.so"
+    subprocess.run([tool("cc", "gcc"), "-shared", "-fPIC", "-o", str(out), str(source), "-ldl"],
+                   check=True)
+    return str(out)
+
+
 @contextmanager
 def tls_server(cmd: list[str], env: dict[str, str], port: int, log: Path,
                ready_text: str | None = None):
-    """A server process writing to `log`; killed (and reaped) on the way out."""
+    """A server process writing to `log`, listening on loopback only (selfserv and gnutls-serv
+    have no option for it); killed (and reaped) on the way out."""
+    env = {**env, "LD_PRELOAD": bind_loopback()}
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)

@@ -217,8 +217,8 @@ def test_p11tool_lists_token_certificates(gnutls, tls):
 @pytest.fixture(scope="module")
 def gnutls_serv(gnutls, tls):
     """gnutls-serv with both token keys and their certificates read from the token, verifying
-    client certificates against certtool's two certificates. gnutls-serv has no bind address: it
-    listens on every interface, and only 127.0.0.1 connects to it."""
+    client certificates against certtool's two certificates. gnutls-serv has no bind address
+    option: tls_server makes it listen on loopback only."""
     env, both = tls
     port = free_port()
     cmd = [tool("gnutls-serv", GNUTLS), "--provider", gnutls.module, "--http", "-p", str(port),

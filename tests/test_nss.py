@@ -162,7 +162,7 @@ def test_certutil_sha1_request_fails_cleanly(nss):
 def selfserv(nss):
     """selfserv serving the token's RSA certificate (-n) and EC certificate (-e), with NSS's own
     PKCS#11 call log (NSS_DEBUG_PKCS11_MODULE) in `selfserv-pkcs11.log`. selfserv has no bind
-    address: it listens on every interface, and only 127.0.0.1 connects to it."""
+    address option: tls_server makes it listen on loopback only."""
     port = free_port()
     cmd = [tool("selfserv"), "-d", nss.db, "-n", "nss:rsa", "-e", "nss:ec", "-p", str(port),
            "-V", "tls1.2:tls1.3"]
