@@ -135,7 +135,9 @@ def _label(value: str, base: Path) -> str:
     return value
 
 
-_KEY_ID = r"(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32})"
+_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+# KMS writes multi-Region ids as mrk- and 32 hex digits; emulators (moto) as mrk- and a UUID.
+_KEY_ID = rf"(?:{_UUID}|mrk-[0-9a-f]{{32}}|mrk-{_UUID})"
 _ALIAS = r"alias/[A-Za-z0-9/_-]+"
 _ARN = r"arn:aws[a-z-]*:kms:(?P<region>[a-z0-9-]+):\d{12}:"
 _KEY = re.compile(rf"{_KEY_ID}|{_ALIAS}|{_ARN}(?:key/{_KEY_ID}|{_ALIAS})")

@@ -20,3 +20,20 @@ def load(module_path: str):
     ]
     ffi.cdef("\n".join(prototypes))
     return ffi, ffi.dlopen(module_path)
+
+
+def read_attribute(ffi, lib, handle: int, attribute: int, slot: int = 0) -> bytes:
+    """One attribute's raw value, read in a session of its own (for what python-pkcs11 cannot
+    decode, such as CKA_PUBLIC_KEY_INFO or CKA_CERTIFICATE_CATEGORY)."""
+    session = ffi.new("CK_SESSION_HANDLE *")
+    assert lib.C_OpenSession(slot, 4, ffi.NULL, ffi.NULL, session) == 0  # CKF_SERIAL_SESSION
+    try:
+        t = ffi.new("CK_ATTRIBUTE *")
+        t.type = attribute
+        assert lib.C_GetAttributeValue(session[0], handle, t, 1) == 0
+        buf = ffi.new("char[]", max(t.ulValueLen, 1))
+        t.pValue = buf
+        assert lib.C_GetAttributeValue(session[0], handle, t, 1) == 0
+        return ffi.buffer(buf, t.ulValueLen)[:]
+    finally:
+        lib.C_CloseSession(session[0])
