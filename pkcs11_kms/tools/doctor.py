@@ -266,7 +266,7 @@ def check_key(backend: Any, name: str, label: str, public: PublicKey | None,
             return False
     assert public is not None
     what = f"{public.key_spec} {public.key_usage}"
-    if not usable(public, name):
+    if not usable(public.key_spec, public.key_usage, name):
         report.bad(f"key {shown}: {what} is not supported: the token leaves it out",
                    "use an RSA 2048/3072/4096 or EC P-256/P-384/P-521/secp256k1 key with usage "
                    "SIGN_VERIFY or ENCRYPT_DECRYPT")
