@@ -4,13 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The module's build: gcc (cffi compiles it). The consumers the tests drive: openssl and
+# The module's build: gcc (cffi compiles it), python3-dev and python3-venv (Debian's Python, where
+# no other python3 comes first on PATH). The consumers the tests drive: openssl and
 # libengine-pkcs11-openssl (libp11's engine), curl, opensc (pkcs11-tool), gnutls-bin (p11tool,
 # certtool, gnutls-serv/cli), libnss3-tools (modutil, certutil, selfserv, tstclnt), firefox-esr,
 # p11-kit (its proxy module), openjdk-17-jdk-headless (keytool, jarsigner), openssh-client and
 # openssh-server, nginx, osslsigncode.
 PACKAGES=(
-  gcc libc6-dev openssl libengine-pkcs11-openssl curl opensc gnutls-bin libnss3-tools
+  gcc libc6-dev python3-dev python3-venv openssl libengine-pkcs11-openssl curl opensc gnutls-bin libnss3-tools
   firefox-esr p11-kit openjdk-17-jdk-headless openssh-client openssh-server nginx osslsigncode
 )
 
