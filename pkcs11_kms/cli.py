@@ -137,7 +137,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="where to write the DER TimeStampResp (default: stdout)")
     tsa.add_argument("--serve", action="store_true",
                      help="serve RFC 3161 over HTTP (POST application/timestamp-query)")
-    tsa.add_argument("--host", default="127.0.0.1", help="--serve address (127.0.0.1)")
+    tsa.add_argument("--host", default="127.0.0.1",
+                     help="--serve address, loopback only (127.0.0.1)")
     tsa.add_argument("--port", type=int, default=3161, help="--serve port (3161; 0: a free one)")
     tsa.add_argument("--policy", default=None, metavar="OID",
                      help="the TSA policy OID put in every token (default 1.2.3.4.1, a "

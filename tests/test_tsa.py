@@ -221,3 +221,16 @@ def test_http_mode_answers_queries(pki):
         assert server.wait(timeout=20) == 0
     log = server.stderr.read()
     assert log.count("granted serial") == 2 and "Traceback" not in log
+
+
+@pytest.mark.parametrize("host, allowed", [("127.0.0.1", True), ("localhost", True), ("::1", True),
+                                           ("0.0.0.0", False), ("::", False), ("192.0.2.1", False),
+                                           ("example.com", False)])
+def test_serve_listens_on_loopback_only(host, allowed):
+    from pkcs11_kms.tools.tsa_cmd import Failed, loopback
+
+    if allowed:
+        assert loopback(host) in ("127.0.0.1", "::1")
+    else:
+        with pytest.raises(Failed, match="loopback addresses only"):
+            loopback(host)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import hashlib
 import os
 import signal
@@ -165,8 +166,22 @@ def one_shot(authority: TimeStampAuthority, source: str, target: str) -> int:
     return 0 if line.startswith("granted") else 1
 
 
+def loopback(host: str) -> str:
+    """Only loopback addresses: remote clients reach the TSA through a proxy the user runs (TLS,
+    access control), never through a socket this command opens to the network."""
+    address = "127.0.0.1" if host == "localhost" else host
+    try:
+        if ipaddress.ip_address(address).is_loopback:
+            return address
+    except ValueError:
+        pass
+    raise Failed(f"--host {host}: the TSA listens on loopback addresses only (put a reverse "
+                 "proxy in front of it for other clients)", 2)
+
+
 def serve(authority: TimeStampAuthority, name: str, host: str, port: int) -> int:
     """RFC 3161 section 3.4 over HTTP: POST a query, get a reply, until SIGTERM or Ctrl-C."""
+    host = loopback(host)
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "pkcs11-kms-tsa"
