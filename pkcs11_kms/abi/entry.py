@@ -6,10 +6,10 @@ import logging
 
 from _kms_pkcs11 import ffi, lib
 
+from .. import mechanisms  # noqa: F401 - registers the mechanisms
 from ..ck import CKR
 from ..core.module import module
 from ..errors import PKCS11Error
-from .. import mechanisms  # noqa: F401 - registers the mechanisms
 from . import crypto, functions
 
 log = logging.getLogger("pkcs11_kms.abi")

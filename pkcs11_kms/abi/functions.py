@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from _kms_pkcs11 import ffi
 
-from ..ck import CKR, CK_EFFECTIVELY_INFINITE, CK_UNAVAILABLE_INFORMATION
+from ..ck import CK_EFFECTIVELY_INFINITE, CK_UNAVAILABLE_INFORMATION, CKR
 from ..core import access, module, session, slots
 from .marshal import (
     NULL,

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from _kms_pkcs11 import ffi
 
-from ..ck import CKR, CK_UNAVAILABLE_INFORMATION
+from ..ck import CK_UNAVAILABLE_INFORMATION, CKR
 from ..errors import PKCS11Error
 
 NULL = ffi.NULL

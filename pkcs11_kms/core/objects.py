@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from asn1crypto import core, keys, x509
 
-from ..ck import CKA, CKC, CKK, CKO, CK_UNAVAILABLE_INFORMATION
+from ..ck import CK_UNAVAILABLE_INFORMATION, CKA, CKC, CKK, CKO
 from . import mechanisms
 from .attributes import pack, unpack_ulong
 from .keyspecs import KEY_SPECS, KEY_USAGES, KeySpec

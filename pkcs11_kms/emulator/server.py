@@ -32,7 +32,9 @@ def build_app() -> Callable[..., Any]:
     from flask import Flask
     from moto.core.utils import convert_to_flask_response
     from moto.moto_server.werkzeug_app import (
-        BackendRequest, DomainDispatcherApplication, create_backend_app,
+        BackendRequest,
+        DomainDispatcherApplication,
+        create_backend_app,
     )
 
     from . import kms

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import hashlib
+import ipaddress
 import os
 import signal
 import sys
@@ -16,7 +16,12 @@ from asn1crypto import algos, pem, x509
 
 from .p11client import CKK_EC, CKK_RSA, Pkcs11Failure, Pkcs11Module
 from .tsa import (
-    DEFAULT_POLICY, Signer, TimeStampAuthority, check_certificate, default_digest, rejection,
+    DEFAULT_POLICY,
+    Signer,
+    TimeStampAuthority,
+    check_certificate,
+    default_digest,
+    rejection,
     verify_signature,
 )
 from .uri import parse_uri
