@@ -10,7 +10,6 @@ set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
 ENGINE=/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so
-DEMO_PACKAGES=(curl)  # beyond scripts/setup.sh's: the HTTPS client of workflow 6
 
 if [ -t 1 ]; then
   BOLD=$'\e[1m' DIM=$'\e[2m' GREEN=$'\e[32m' RED=$'\e[31m' RESET=$'\e[0m'
@@ -120,17 +119,6 @@ if [ -n "${PKCS11_KMS_DEMO_VENV:-}" ]; then
 else
   scripts/setup.sh
   VENV="$ROOT/.venv"
-fi
-missing=()
-for p in "${DEMO_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  echo "installing: ${missing[*]}"
-  $sudo apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 PYTHON="$VENV/bin/python"
 PKCS11_KMS="$VENV/bin/pkcs11-kms"
