@@ -105,7 +105,7 @@ static int kms_start_interpreter(void)
 static void kms_do_start(void)
 {
     struct sigaction saved_sigint;
-    int restore_sigint = 0;
+    int restore_sigint = 0, started;
 
     kms_promote_libpython();
     if (Py_IsInitialized()) {
@@ -122,12 +122,13 @@ static void kms_do_start(void)
         if (kms_start_interpreter() != 0)
             return;
     }
-    if (cffi_start_python() != 0) {
+    started = cffi_start_python();
+    if (restore_sigint) /* also when the package failed to load: Ctrl-C must still stop the host */
+        (void)sigaction(SIGINT, &saved_sigint, NULL);
+    if (started != 0) {
         kms_log("cannot load the pkcs11_kms Python package (see the error above)");
         return;
     }
-    if (restore_sigint)
-        (void)sigaction(SIGINT, &saved_sigint, NULL);
     if (kms_owns_interpreter) {
         (void)pthread_atfork(kms_before_fork, kms_after_fork_parent, kms_after_fork_child);
         (void)atexit(kms_at_exit);

@@ -327,3 +327,17 @@ def test_threads_sign_concurrently(harness, module_path, env, kms_server):
         kms_server.clear_faults()
     assert out[0] == "C_Initialize rv=0x0"
     assert out[-1].startswith("threads calls_ok=32 of 32 ")
+
+
+def test_sigint_survives_a_package_that_fails_to_load(harness, tmp_path, env):
+    """A library bound to the base interpreter (Python starts, `import signal` runs, then the
+    pkcs11_kms package is missing): every call is CKR_GENERAL_ERROR and Ctrl-C still stops the
+    host (DESIGN 2.5)."""
+    base = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+    module = build_library_for(base, tmp_path)
+    proc = subprocess.run([harness, module, "sigint", "2"], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == -signal.SIGINT, (proc.returncode, proc.stdout, proc.stderr)
+    out = proc.stdout.splitlines()
+    assert out[0] == "C_Initialize rv=0x5"
+    assert out[-1] == "SIGINT handler default=1"

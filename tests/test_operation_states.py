@@ -265,3 +265,35 @@ def test_digests(raw, s, mechanism, name):
     assert lib.C_DigestInit(s, mech(raw, mechanism)) == CKR.OK
     assert lib.C_DigestKey(s, key(raw, s, "rsa")) == CKR.KEY_INDIGESTIBLE
     assert lib.C_SignInit(s, mech(raw, mechanism), key(raw, s, "rsa")) == CKR.MECHANISM_INVALID
+
+
+def test_bad_arguments_end_the_operation(raw, s):
+    """§5.2: every error but CKR_BUFFER_TOO_SMALL ends the operation, argument errors included."""
+    ffi, lib = raw
+    k = key(raw, s, "rsa")
+    assert lib.C_SignInit(s, mech(raw, CKM.SHA256_RSA_PKCS), k) == CKR.OK
+    assert lib.C_Sign(s, MESSAGE, len(MESSAGE), ffi.NULL, ffi.NULL) == CKR.ARGUMENTS_BAD
+    assert lib.C_SignInit(s, mech(raw, CKM.SHA256_RSA_PKCS), k) == CKR.OK  # no longer active
+    assert lib.C_SignFinal(s, ffi.NULL, ffi.NULL) == CKR.ARGUMENTS_BAD
+    assert lib.C_VerifyInit(s, mech(raw, CKM.SHA256_RSA_PKCS), k) == CKR.OK
+    assert lib.C_Verify(s, MESSAGE, len(MESSAGE), ffi.NULL, 256) == CKR.ARGUMENTS_BAD
+    assert lib.C_VerifyInit(s, mech(raw, CKM.SHA256_RSA_PKCS), k) == CKR.OK
+    assert lib.C_VerifyInit(s, ffi.NULL, 0) == CKR.OK
+    assert lib.C_DigestInit(s, mech(raw, CKM.SHA256)) == CKR.OK
+    assert lib.C_DigestKey(s, k) == CKR.KEY_INDIGESTIBLE
+    assert lib.C_DigestInit(s, mech(raw, CKM.SHA256)) == CKR.OK  # the digest ended too
+    assert lib.C_DigestInit(s, ffi.NULL) == CKR.OK
+
+
+def test_oaep_default_digest_still_refuses_a_label(raw, s):
+    ffi, lib = raw
+    label = ffi.new("char[]", b"label")
+    params = ffi.new("CK_RSA_PKCS_OAEP_PARAMS *", [0, 0, 1, label, 5])
+    assert lib.C_DecryptInit(s, mech(raw, CKM.RSA_PKCS_OAEP, params), key(raw, s, "oaep")) == (
+        CKR.MECHANISM_PARAM_INVALID)
+
+
+def test_legacy_parallel_functions(raw, s):
+    _, lib = raw
+    assert lib.C_GetFunctionStatus(s) == CKR.FUNCTION_NOT_PARALLEL
+    assert lib.C_CancelFunction(s) == CKR.FUNCTION_NOT_PARALLEL

@@ -55,16 +55,30 @@ def _produce(output, out, out_len) -> None:  # type: ignore[no-untyped-def]
         ffi.memmove(out, output.data, len(output.data))
 
 
+def _arguments(kind, hSession, read):  # type: ignore[no-untyped-def]
+    """Reads a call's arguments; bad ones end the operation, as any error but one (§5.2)."""
+    try:
+        return read()
+    except PKCS11Error:
+        ops.end(kind, hSession)
+        raise
+
+
 def _single(kind, hSession, pData, ulDataLen, pOut, pulOutLen):  # type: ignore[no-untyped-def]
-    require(pulOutLen)
-    capacity = None if pOut == NULL else int(pulOutLen[0])
-    _produce(ops.single(kind, hSession, read_bytes(pData, ulDataLen), capacity), pOut, pulOutLen)
+    def read():  # type: ignore[no-untyped-def]
+        require(pulOutLen)
+        return read_bytes(pData, ulDataLen), None if pOut == NULL else int(pulOutLen[0])
+
+    data, capacity = _arguments(kind, hSession, read)
+    _produce(ops.single(kind, hSession, data, capacity), pOut, pulOutLen)
 
 
 def _final(kind, hSession, pOut, pulOutLen):  # type: ignore[no-untyped-def]
-    require(pulOutLen)
-    capacity = None if pOut == NULL else int(pulOutLen[0])
-    _produce(ops.final(kind, hSession, capacity), pOut, pulOutLen)
+    def read():  # type: ignore[no-untyped-def]
+        require(pulOutLen)
+        return None if pOut == NULL else int(pulOutLen[0])
+
+    _produce(ops.final(kind, hSession, _arguments(kind, hSession, read)), pOut, pulOutLen)
 
 
 def _init(kind):  # type: ignore[no-untyped-def]
@@ -93,7 +107,9 @@ def C_SignFinal(hSession, pSignature, pulSignatureLen):  # type: ignore[no-untyp
 
 
 def C_Verify(hSession, pData, ulDataLen, pSignature, ulSignatureLen):  # type: ignore[no-untyped-def]
-    ops.verify(hSession, read_bytes(pData, ulDataLen), read_bytes(pSignature, ulSignatureLen))
+    data, signature = _arguments(ops.VERIFY, hSession, lambda: (
+        read_bytes(pData, ulDataLen), read_bytes(pSignature, ulSignatureLen)))
+    ops.verify(hSession, data, signature)
 
 
 def C_VerifyUpdate(hSession, pPart, ulPartLen):  # type: ignore[no-untyped-def]
@@ -101,7 +117,8 @@ def C_VerifyUpdate(hSession, pPart, ulPartLen):  # type: ignore[no-untyped-def]
 
 
 def C_VerifyFinal(hSession, pSignature, ulSignatureLen):  # type: ignore[no-untyped-def]
-    ops.verify(hSession, None, read_bytes(pSignature, ulSignatureLen))
+    signature = _arguments(ops.VERIFY, hSession, lambda: read_bytes(pSignature, ulSignatureLen))
+    ops.verify(hSession, None, signature)
 
 
 def C_Encrypt(hSession, pData, ulDataLen, pEncryptedData, pulEncryptedDataLen):  # type: ignore[no-untyped-def]

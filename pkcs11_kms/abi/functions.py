@@ -172,6 +172,16 @@ def C_DestroyObject(hSession, hObject):  # type: ignore[no-untyped-def]
     access.destroy_object(hSession, hObject)
 
 
+def C_GetFunctionStatus(hSession):  # type: ignore[no-untyped-def]
+    session.session(hSession)
+    return CKR.FUNCTION_NOT_PARALLEL  # §5.20: the legacy parallel-function calls
+
+
+def C_CancelFunction(hSession):  # type: ignore[no-untyped-def]
+    session.session(hSession)
+    return CKR.FUNCTION_NOT_PARALLEL
+
+
 def C_GetObjectSize(hSession, hObject, pulSize):  # type: ignore[no-untyped-def]
     access.find_object(hSession, hObject)
     require(pulSize)

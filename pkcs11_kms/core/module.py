@@ -13,6 +13,7 @@ from ..ck import CKF, CKR
 from ..config import Config, load_config
 from ..errors import ConfigError, PKCS11Error
 from ..kms import KmsError
+from .objects import renew_handle_lock
 from .token import Token, alias_label, discover, fit_label, is_alias
 
 log = logging.getLogger("pkcs11_kms.module")
@@ -80,6 +81,22 @@ def build_tokens(config: Config) -> list[Token]:
 
 _module: Module | None = None
 _state_lock = threading.Lock()
+
+
+def _fresh_locks_in_child() -> None:
+    """DESIGN 3 (fork): a lock another thread held at fork() stays held in the child for good, and a
+    child that keeps its parent's sessions would hang on it (a token loading its keys from KMS)."""
+    global _state_lock
+    _state_lock = threading.Lock()
+    renew_handle_lock()
+    m = _module
+    if m is not None:
+        m.lock = threading.RLock()
+        for token in m._tokens or []:
+            token.renew_lock()
+
+
+os.register_at_fork(after_in_child=_fresh_locks_in_child)
 
 
 def module() -> Module:

@@ -27,6 +27,12 @@ _next_handle = itertools.count(1)
 _handles_lock = threading.Lock()
 
 
+def renew_handle_lock() -> None:
+    """After fork, in the child (see core.module)."""
+    global _handles_lock
+    _handles_lock = threading.Lock()
+
+
 def handle_for(identity: tuple) -> int:
     """A handle per object identity for the life of the process: never 0, never reused."""
     with _handles_lock:

@@ -86,8 +86,18 @@ def digest_key(session_handle: int, key_handle: int) -> None:
     """C_DigestKey: only secret keys can be digested, and KMS private key material never leaves."""
     s = session(session_handle)
     _active(s, DIGEST)
-    find_object(session_handle, key_handle)
+    _guarded(s, DIGEST, lambda: find_object(session_handle, key_handle))
+    del s.operations[DIGEST]
     raise PKCS11Error(CKR.KEY_INDIGESTIBLE, "KMS keys cannot be digested")
+
+
+def end(kind: str, session_handle: int) -> None:
+    """Ends the operation after a call failed before it reached the core (a NULL length pointer,
+    unreadable input): §5.2, only CKR_BUFFER_TOO_SMALL and length queries keep it."""
+    try:
+        session(session_handle).operations.pop(kind, None)
+    except PKCS11Error:
+        pass
 
 
 def init(kind: str, session_handle: int, args, key_handle: int) -> None:  # type: ignore[no-untyped-def]

@@ -162,6 +162,10 @@ class Token:
         # Session objects (copies made by C_CopyObject): handle -> (owning session, object)
         self.session_objects: dict[int, tuple[int, TokenObject]] = {}
 
+    def renew_lock(self) -> None:
+        """After fork, in the child: a load another thread had begun will never finish here."""
+        self._load_lock = threading.Lock()
+
     def visible_objects(self) -> list[TokenObject]:
         return self.objects() + [o for _, o in list(self.session_objects.values())]
 

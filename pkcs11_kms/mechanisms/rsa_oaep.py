@@ -22,14 +22,14 @@ def oaep_hash(args: MechanismArgs) -> Hash:
     p = args.params
     if not isinstance(p, OaepParams):
         raise PKCS11Error(CKR.MECHANISM_PARAM_INVALID, "CK_RSA_PKCS_OAEP_PARAMS required")
+    if p.label or p.source not in (0, CKZ.DATA_SPECIFIED):
+        raise PKCS11Error(CKR.MECHANISM_PARAM_INVALID, "KMS does OAEP without a label")
     if p.hash_alg == 0 and p.mgf == 0:  # pkcs11-provider when the user named no OAEP digest
         return HASHES[CKM.SHA_1]
     h = HASHES.get(p.hash_alg)
     if h is None or p.hash_alg not in KMS_ALGORITHM or p.mgf != h.mgf:
         raise PKCS11Error(CKR.MECHANISM_PARAM_INVALID, "KMS does OAEP with SHA-1 or SHA-256 and "
                           "MGF1 over the same hash")
-    if p.label or p.source not in (0, CKZ.DATA_SPECIFIED):
-        raise PKCS11Error(CKR.MECHANISM_PARAM_INVALID, "KMS does OAEP without a label")
     return h
 
 
