@@ -42,3 +42,9 @@ def write_config(path, kms_server, body: str) -> str:
         head += f'ca_bundle = "{kms_server.ca_bundle}"\n'
     path.write_text(head + body)
     return str(path)
+
+
+def key_entries(keys: dict[str, SeededKey], by: str = "arn") -> str:
+    """The inside of a token's `keys = [...]`: each key (by its ARN or key id) with its name as
+    label."""
+    return ", ".join(f'{{ key = "{getattr(k, by)}", label = "{n}" }}' for n, k in keys.items())

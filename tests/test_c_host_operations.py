@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from keyseed import seed_key, write_config
+from keyseed import key_entries, seed_key, write_config
 
 PKCS11_TOOL = shutil.which("pkcs11-tool")
 OPENSSL = shutil.which("openssl")
@@ -27,7 +27,7 @@ def setup(https_kms_server, tmp_path_factory, module_path):
         "oaep": seed_key(client, None, "RSA_3072", "ENCRYPT_DECRYPT"),
     }
     d = tmp_path_factory.mktemp("chost")
-    entries = ", ".join(f'{{ key = "{k.arn}", label = "{n}" }}' for n, k in keys.items())
+    entries = key_entries(keys)
     config = write_config(d / "config.toml", https_kms_server,
                           f'[[token]]\nlabel = "chost"\nkeys = [{entries}]\n')
     for name, k in keys.items():

@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hosts import free_port, kms_self_signed, pem, run, tls_server, tool
 
-from keyseed import SeededKey, seed_key, write_config
+from keyseed import SeededKey, key_entries, seed_key, write_config
 
 FIREFOX = "firefox-esr"
 POLICIES_FILE = Path(__file__).resolve().parents[1] / "conf" / "firefox-policies.json"
@@ -299,7 +299,7 @@ def web(https_kms_server, tmp_path_factory):
     for name, key in keys.items():
         client_certs[name] = kms_self_signed(client, key, f"firefox {name} client")
         (tmp / f"{name}.pem").write_bytes(pem(client_certs[name]))
-    entries = ", ".join(f'{{ key = "{k.key_id}", label = "{n}" }}' for n, k in keys.items())
+    entries = key_entries(keys, by="key_id")
     config = write_config(tmp / "config.toml", https_kms_server,
                           f'[[token]]\nlabel = "firefox"\nkeys = [{entries}]\n'
                           'certificates = ["rsa.pem", "ec.pem"]\n')

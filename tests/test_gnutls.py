@@ -19,7 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from hosts import free_port, run, tls_server, tool
 
-from keyseed import SeededKey, seed_key, write_config
+from keyseed import SeededKey, key_entries, seed_key, write_config
 
 GNUTLS = "gnutls-bin"
 SPY = Path("/usr/lib/x86_64-linux-gnu/pkcs11/pkcs11-spy.so")
@@ -48,7 +48,7 @@ def gnutls(https_kms_server, tmp_path_factory, module_path) -> Gnutls:
     keys = {"rsa": seed_key(client, None, "RSA_2048", "SIGN_VERIFY"),
             "ec": seed_key(client, None, "ECC_NIST_P256", "SIGN_VERIFY")}
     tmp = tmp_path_factory.mktemp("gnutls")
-    entries = ", ".join(f'{{ key = "{k.key_id}", label = "{n}" }}' for n, k in keys.items())
+    entries = key_entries(keys, by="key_id")
     config = write_config(tmp / "config.toml", https_kms_server,
                           f'[[token]]\nlabel = "gnutls"\nkeys = [{entries}]\n')
     env = {**os.environ, "PKCS11_KMS_CONFIG": config}
@@ -191,8 +191,7 @@ def tls(gnutls, certtool_certs):
     """A second config listing certtool's certificates, so the token holds them too."""
     for _, proc in certtool_certs.values():
         assert proc.returncode == 0, proc.stderr
-    entries = ", ".join(f'{{ key = "{k.key_id}", label = "{n}" }}'
-                        for n, k in gnutls.keys.items())
+    entries = key_entries(gnutls.keys, by="key_id")
     config = write_config(gnutls.tmp / "tls.toml", gnutls.server,
                           f'[[token]]\nlabel = "gnutls"\nkeys = [{entries}]\n'
                           'certificates = ["rsa.pem", "ec.pem"]\n')

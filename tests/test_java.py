@@ -25,7 +25,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from hosts import tool
-from keyseed import seed_key, write_config
+from keyseed import key_entries, seed_key, write_config
 
 ENGINE = Path("/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so")
 JAVA_CFG = Path(__file__).resolve().parent.parent / "conf" / "java-pkcs11.cfg"
@@ -77,7 +77,7 @@ def token(https_kms_server, module_path, tmp_path_factory):
         "ec": seed_key(client, None, "ECC_NIST_P256", "SIGN_VERIFY"),
         "nocert": seed_key(client, None, "RSA_2048", "SIGN_VERIFY"),
     }
-    entries = ", ".join(f'{{ key = "{k.arn}", label = "{n}" }}' for n, k in keys.items())
+    entries = key_entries(keys)
     body = f'[[token]]\nlabel = "{TOKEN}"\nkeys = [{entries}]\n'
     config = folder / "config.toml"
     env = dict(os.environ, PKCS11_KMS_CONFIG=write_config(config, https_kms_server, body))

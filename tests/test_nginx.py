@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 from hosts import free_port, run, tool
-from keyseed import REGION, seed_key
+from keyseed import REGION, key_entries, seed_key
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 ENGINE = Path("/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so")
@@ -61,7 +61,7 @@ def site(https_kms_server, module_path):
         keys = {"rsa": seed_key(client, None, "RSA_2048", "SIGN_VERIFY"),
                 "ec": seed_key(client, None, "ECC_NIST_P256", "SIGN_VERIFY")}
         shutil.copy(https_kms_server.ca_bundle, folder / "kms-ca.pem")
-        entries = ", ".join(f'{{ key = "{k.arn}", label = "{n}" }}' for n, k in keys.items())
+        entries = key_entries(keys)
         config = folder / "config.toml"
         config.write_text(
             f'region = "{REGION}"\nendpoint_url = "{https_kms_server.endpoint_url}"\n'

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from hosts import ckid, free_port, kms_self_signed, nss_calls, pem, run, tls_server, tool
-from keyseed import SeededKey, seed_key, write_config
+from keyseed import SeededKey, key_entries, seed_key, write_config
 
 
 # ---- fixtures ------------------------------------------------------------------------------------
@@ -54,7 +54,7 @@ def nss(https_kms_server, tmp_path_factory, module_path) -> NssSetup:
         certs[name] = kms_self_signed(client, key, f"nss {name} test")
         cert_files[name] = tmp / f"{name}.pem"
         cert_files[name].write_bytes(pem(certs[name]))
-    entries = ", ".join(f'{{ key = "{k.key_id}", label = "{n}" }}' for n, k in keys.items())
+    entries = key_entries(keys, by="key_id")
     config = write_config(tmp / "config.toml", https_kms_server,
                           f'[[token]]\nlabel = "nss"\nkeys = [{entries}]\n'
                           'certificates = ["rsa.pem", "ec.pem"]\n')

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from hosts import free_port, run, tool
-from keyseed import seed_key, write_config
+from keyseed import key_entries, seed_key, write_config
 
 TOKEN = "ssh"
 KEYS = {"rsa": "RSA_2048", "ec": "ECC_NIST_P256", "ec384": "ECC_NIST_P384"}
@@ -60,7 +60,7 @@ def token(https_kms_server, tmp_path_factory):
     folder = tmp_path_factory.mktemp("ssh")
     client = https_kms_server.client()
     keys = {label: seed_key(client, None, spec, "SIGN_VERIFY") for label, spec in KEYS.items()}
-    entries = ", ".join(f'{{ key = "{k.arn}", label = "{n}" }}' for n, k in keys.items())
+    entries = key_entries(keys)
     config = write_config(folder / "config.toml", https_kms_server,
                           f'[[token]]\nlabel = "{TOKEN}"\nkeys = [{entries}]\n')
     return dict(os.environ, PKCS11_KMS_CONFIG=config), keys, folder

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
 import p11raw
-from keyseed import seed_key, write_config
+from keyseed import key_entries, seed_key, write_config
 from pkcs11_kms.ck import CKA, CKF, CKG, CKM, CKO, CKR
 
 MESSAGE = b"state machine " * 10
@@ -29,7 +29,7 @@ def keys(kms_server):
 
 @pytest.fixture(scope="module")
 def raw(module_path, tmp_path_factory, kms_server, keys):
-    entries = ", ".join(f'{{ key = "{k.arn}", label = "{n}" }}' for n, k in keys.items())
+    entries = key_entries(keys)
     path = tmp_path_factory.mktemp("states") / "config.toml"
     # One attempt, short timeouts: an injected fault must fail the call, not be retried away.
     os.environ["PKCS11_KMS_CONFIG"] = write_config(

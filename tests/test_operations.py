@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, utils
 from pkcs11 import MGF, Mechanism, ObjectClass
 
-from keyseed import seed_key, write_config
+from keyseed import key_entries, seed_key, write_config
 
 SIGN_SPECS = ["RSA_2048", "RSA_3072", "RSA_4096", "ECC_NIST_P256", "ECC_NIST_P384",
               "ECC_NIST_P521", "ECC_SECG_P256K1"]
@@ -33,7 +33,7 @@ def op_keys(kms_server):
 
 
 def _config(tmp_path_factory, kms_server, op_keys, extra=""):
-    entries = ", ".join(f'{{ key = "{k.arn}", label = "{label}" }}' for label, k in op_keys.items())
+    entries = key_entries(op_keys)
     path = tmp_path_factory.mktemp("ops") / "config.toml"
     return write_config(path, kms_server, f'{extra}[[token]]\nlabel = "ops"\nkeys = [{entries}]\n')
 

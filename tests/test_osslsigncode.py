@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from hosts import run, tool
-from keyseed import seed_key, write_config
+from keyseed import key_entries, seed_key, write_config
 
 ENGINE = Path("/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so")
 TOKEN = "codesign"
@@ -57,7 +57,7 @@ def token(https_kms_server, module_path, tmp_path_factory):
     client = https_kms_server.client()
     keys = {"rsa": seed_key(client, None, "RSA_2048", "SIGN_VERIFY"),
             "ec": seed_key(client, None, "ECC_NIST_P256", "SIGN_VERIFY")}
-    entries = ", ".join(f'{{ key = "{k.arn}", label = "{n}" }}' for n, k in keys.items())
+    entries = key_entries(keys)
     body = f'[[token]]\nlabel = "{TOKEN}"\nkeys = [{entries}]\n'
     config = folder / "config.toml"
     env = {k: v for k, v in os.environ.items() if k != "OPENSSL_CONF"}

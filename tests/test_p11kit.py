@@ -21,7 +21,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from hosts import run, tool, verify_signature
 
-from keyseed import SeededKey, seed_key, write_config
+from keyseed import SeededKey, key_entries, seed_key, write_config
 
 MODULE_FILE = Path(__file__).resolve().parents[1] / "conf" / "p11-kit" / "kms.module"
 PROXY = Path("/usr/lib/x86_64-linux-gnu/p11-kit-proxy.so")
@@ -74,7 +74,7 @@ def p11kit(https_kms_server, tmp_path_factory, module_path) -> P11Kit:
     keys = {"rsa": seed_key(client, None, "RSA_2048", "SIGN_VERIFY"),
             "ec": seed_key(client, None, "ECC_NIST_P256", "SIGN_VERIFY")}
     tmp = tmp_path_factory.mktemp("p11kit")
-    entries = ", ".join(f'{{ key = "{k.key_id}", label = "{n}" }}' for n, k in keys.items())
+    entries = key_entries(keys, by="key_id")
     config = write_config(tmp / "config.toml", https_kms_server,
                           f'[[token]]\nlabel = "p11kit"\nkeys = [{entries}]\n')
     home = tmp / "home"

@@ -39,7 +39,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, utils
 from cryptography.x509.oid import NameOID
-from keyseed import seed_key, write_config
+from keyseed import key_entries, seed_key, write_config
 
 from pkcs11_kms.ck import CK_UNAVAILABLE_INFORMATION, CKA, CKF, CKG, CKM, CKO, CKR, CKS, CKU
 
@@ -258,7 +258,7 @@ def keys(kms_server):
 def configs(tmp_path_factory, kms_server, keys) -> dict[str, str]:
     folder = tmp_path_factory.mktemp("provider")
     (folder / "rsa.pem").write_bytes(ca_issued_certificate(keys["rsa"].public_der, "provider rsa"))
-    entries = ", ".join(f'{{ key = "{k.arn}", label = "{n}" }}' for n, k in keys.items())
+    entries = key_entries(keys)
     main = write_config(folder / "config.toml", kms_server,
                         f'[[token]]\nlabel = "provider"\nkeys = [{entries}]\n'
                         'certificates = ["rsa.pem"]\n')

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 from pkcs11 import MGF, Mechanism, ObjectClass
 
-from keyseed import seed_key, write_config
+from keyseed import key_entries, seed_key, write_config
 
 MESSAGE = b"verified inside KMS"
 
@@ -29,7 +29,7 @@ def keys(kms_server):
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory, kms_server, keys):
-    entries = ", ".join(f'{{ key = "{k.arn}", label = "{n}" }}' for n, k in keys.items())
+    entries = key_entries(keys)
     return write_config(
         tmp_path_factory.mktemp("kmsops") / "config.toml", kms_server,
         'max_attempts = 1\npublic_key_operations = "kms"\n'
