@@ -188,6 +188,38 @@ def wait_child(pid: int, timeout: float = 20.0) -> int:
     raise AssertionError("forked child hung")
 
 
+def fork_while_busy(busy_call, child_ok, children: int) -> None:
+    """Forks `children` times while 4 threads keep making `busy_call()`; each child must see
+    `child_ok()` true and exit 0, and no thread may have failed."""
+    stop, errors = threading.Event(), []
+
+    def busy():
+        while not stop.is_set():
+            try:
+                busy_call()
+            except Exception as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+    workers = [threading.Thread(target=busy) for _ in range(4)]
+    for t in workers:
+        t.start()
+    try:
+        for _ in range(children):
+            pid = os.fork()
+            if pid == 0:  # child: no test machinery from here on
+                code = 1
+                try:
+                    code = 0 if child_ok() else 2
+                finally:
+                    os._exit(code)
+            assert wait_child(pid) == 0
+    finally:
+        stop.set()
+        for t in workers:
+            t.join()
+    assert errors == []
+
+
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 

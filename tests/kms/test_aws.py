@@ -4,7 +4,6 @@ cache, pagination, threads, threadless mode, TLS, the AWS environment chain, laz
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import sys
 import threading
@@ -18,7 +17,15 @@ from pkcs11_kms.ck import CKR
 from pkcs11_kms.kms import AwsKms, Connection, KmsError, backend_for, deadline_for, loop
 from pkcs11_kms.kms.aws import _SLACK
 
-from .kmstest import REGION, ScriptedKms, SilentServer, b64, free_port, make_tls, wait_child
+from .kmstest import (
+    REGION,
+    ScriptedKms,
+    SilentServer,
+    b64,
+    fork_while_busy,
+    free_port,
+    make_tls,
+)
 
 pytestmark = pytest.mark.usefixtures("fresh_loop")
 
@@ -380,31 +387,6 @@ def test_forked_children_call_kms_while_parent_threads_do(moto_server):
     re-initialisation) on a fresh loop; the parent's threads never notice."""
     backend = AwsKms(Connection(region=REGION, endpoint_url=moto_server.endpoint_url))
     backend.generate_random(4)
-    stop, errors = threading.Event(), []
-
-    def busy():
-        while not stop.is_set():
-            try:
-                backend.generate_random(16)
-            except Exception as exc:  # pragma: no cover - reported below
-                errors.append(exc)
-
-    workers = [threading.Thread(target=busy) for _ in range(4)]
-    for t in workers:
-        t.start()
-    try:
-        for _ in range(3):
-            pid = os.fork()
-            if pid == 0:  # child: no test machinery from here on
-                code = 1
-                try:
-                    code = 0 if len(backend.generate_random(4)) == 4 else 2
-                finally:
-                    os._exit(code)
-            assert wait_child(pid) == 0
-    finally:
-        stop.set()
-        for t in workers:
-            t.join()
-    assert errors == []
+    fork_while_busy(lambda: backend.generate_random(16),
+                    lambda: len(backend.generate_random(4)) == 4, children=3)
     assert len(backend.generate_random(4)) == 4

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import textwrap
@@ -14,7 +13,7 @@ import pytest
 
 from pkcs11_kms.kms import loop
 
-from .kmstest import b64, wait_child
+from .kmstest import b64, fork_while_busy
 
 pytestmark = pytest.mark.usefixtures("fresh_loop")
 
@@ -183,34 +182,8 @@ def test_pid_check_catches_a_fork_the_hook_missed(monkeypatch):
 
 def test_fork_while_threads_run():
     """Children forked while 4 threads wait on the loop get their own loop and finish."""
-    stop = threading.Event()
-    errors = []
-
-    def busy():
-        while not stop.is_set():
-            try:
-                loop.run(answer(1, 0.005), 5)
-            except Exception as exc:  # pragma: no cover - reported below
-                errors.append(exc)
-
-    workers = [threading.Thread(target=busy) for _ in range(4)]
-    for t in workers:
-        t.start()
-    try:
-        for _ in range(10):
-            pid = os.fork()
-            if pid == 0:  # child: no test machinery from here on
-                code = 1
-                try:
-                    code = 0 if loop.run(answer("child", 0.01), 5) == "child" else 2
-                finally:
-                    os._exit(code)
-            assert wait_child(pid) == 0
-    finally:
-        stop.set()
-        for t in workers:
-            t.join()
-    assert errors == []
+    fork_while_busy(lambda: loop.run(answer(1, 0.005), 5),
+                    lambda: loop.run(answer("child", 0.01), 5) == "child", children=10)
 
 
 def test_child_exit_leaves_the_parents_connections_alone(scripted):
