@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import site
 import sys
 import sysconfig
 import tempfile
@@ -26,6 +27,8 @@ PROTOTYPE = re.compile(r"^CK_RV (C_\w+)\((.*)\);\s*(/\* C-ONLY \*/)?\s*$")
 INIT_CODE = """
 import signal  # imported now, while the C side can still restore the host's SIGINT (DESIGN 2.5)
 import _ssl  # OpenSSL registers its exit cleanup now, before shim.c's kms_at_exit, which then runs first
+import pkcs11_kms.hostsafe
+pkcs11_kms.hostsafe.import_cryptography()  # before anything imports it: not with OPENSSL_CONF
 import pkcs11_kms.abi.entry
 """
 
@@ -58,7 +61,7 @@ def cdef(functions: list[Function]) -> str:
     callbacks = "\n".join(
         f'extern "Python" CK_RV {f.callback}({f.params});' for f in functions if not f.c_only
     )
-    return types + "\n" + callbacks + "\n"
+    return types + "\n" + callbacks + "\nvoid kms_mark_module_thread(void);\n"
 
 
 def c_source(functions: list[Function]) -> str:
@@ -66,6 +69,7 @@ def c_source(functions: list[Function]) -> str:
     parts = [
         f'#define KMS_PY_EXECUTABLE "{c_escape(python_executable())}"',
         f'#define KMS_PY_VERSION "{python_version}"',
+        f"#define KMS_PYTHON_HOST_SOURCE {c_string(python_host_source())}",
         '#define KMS_EXPORT __attribute__((visibility("default")))',
         (CDEFS / "pkcs11_types.h").read_text(),
         "/* Python callbacks (defined by cffi below). */",
@@ -82,8 +86,12 @@ def c_source(functions: list[Function]) -> str:
         args = ", ".join(f.arg_names)
         parts.append(
             f"KMS_EXPORT CK_RV {f.name}({f.params})\n{{\n"
-            f"    if (kms_start() != 0)\n        return 0x5UL; /* CKR_GENERAL_ERROR */\n"
-            f"    return {f.callback}({args});\n}}"
+            f"    CK_RV rv;\n"
+            f"    if (kms_inside)\n        return kms_refuse_reentry(\"{f.name}\");\n"
+            f"    kms_inside = 1;\n"
+            f"    rv = kms_start() != 0 ? 0x5UL /* CKR_GENERAL_ERROR */ : {f.callback}({args});\n"
+            f"    kms_inside = 0;\n"
+            f"    return rv;\n}}"
         )
     return "\n".join(parts) + "\n"
 
@@ -104,6 +112,18 @@ def version_script(functions: list[Function], path: Path) -> None:
 
 def c_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def c_string(text: str) -> str:
+    """A C string literal of `text`, one source line per line."""
+    return "\\\n".join(f'"{c_escape(line)}\\n"' for line in text.splitlines())
+
+
+def python_host_source() -> str:
+    """abi/python_host.py, then the call the C shim reads PROBLEM from, with the site directories
+    of the environment the module is built in."""
+    source = (HERE / "pkcs11_kms" / "abi" / "python_host.py").read_text()
+    return source + f"\nPROBLEM = run(LIBRARY, {site.getsitepackages()!r})\n"
 
 
 def python_executable() -> str:

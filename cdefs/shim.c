@@ -16,12 +16,33 @@ static pthread_once_t kms_once = PTHREAD_ONCE_INIT;
 static int kms_started = 0;              /* 1 once Python and our cffi module are up */
 static int kms_owns_interpreter = 0;     /* 1 when we initialised Python (a C host) */
 static __thread int kms_fork_holds_gil = 0;
+/* 1 while this thread is inside one of our entry points, and for good in the module's own threads
+   (docs/design.md, "Re-entry"). A PKCS#11 call arriving then can only come from inside the
+   module's own work: an OpenSSL configuration that loads this module into the OpenSSL the module
+   itself uses, or `random = PKCS11-RAND` serving our own TLS. It is refused at once: waiting
+   would wait on ourselves. */
+static __thread int kms_inside = 0;
 static __thread PyGILState_STATE kms_fork_gil;
 
 static void kms_log(const char *msg)
 {
     /* stderr only: stdout belongs to the host (and p11-kit remote speaks on it). */
     fprintf(stderr, "pkcs11-kms: %s\n", msg);
+}
+
+static CK_RV kms_refuse_reentry(const char *function)
+{
+    static int logged = 0;
+    if (!__atomic_exchange_n(&logged, 1, __ATOMIC_RELAXED))
+        fprintf(stderr, "pkcs11-kms: %s called from inside the module's own work (an OpenSSL "
+                "configuration that loads this module into itself?): refused\n", function);
+    return 0x6UL; /* CKR_FUNCTION_FAILED */
+}
+
+/* The module's own threads (the KMS event loop and its I/O pool) call this first (through cffi). */
+static void kms_mark_module_thread(void)
+{
+    kms_inside = 1;
 }
 
 /* DESIGN 2.1: hosts dlopen us RTLD_LOCAL, which hides libpython from Python's own extension
@@ -102,6 +123,48 @@ static int kms_start_interpreter(void)
     return 0;
 }
 
+/* docs/design.md, "Python hosts": in a Python program, make the module's package and its
+   dependencies importable from the environment the module was built in (abi/python_host.py,
+   embedded as KMS_PYTHON_HOST_SOURCE by build_ffi.py). 0 when ready; -1 after one log line. */
+static int kms_prepare_python_host(void)
+{
+    static const char source[] = KMS_PYTHON_HOST_SOURCE;
+    Dl_info self;
+    PyGILState_STATE gil;
+    PyObject *globals, *path = NULL, *result = NULL, *problem;
+    int rc = -1;
+
+    if (!dladdr((void *)&kms_prepare_python_host, &self) || self.dli_fname == NULL) {
+        kms_log("cannot find the library's own path");
+        return -1;
+    }
+    gil = PyGILState_Ensure();
+    globals = PyDict_New();
+    if (globals != NULL)
+        path = PyUnicode_DecodeFSDefault(self.dli_fname);
+    if (path != NULL && PyDict_SetItemString(globals, "__builtins__", PyEval_GetBuiltins()) == 0 &&
+        PyDict_SetItemString(globals, "LIBRARY", path) == 0)
+        result = PyRun_String(source, Py_file_input, globals, globals);
+    if (result == NULL) {
+        PyErr_Clear();
+        kms_log("cannot prepare this Python program for the module");
+    } else {
+        problem = PyDict_GetItemString(globals, "PROBLEM"); /* borrowed */
+        if (problem == Py_None) {
+            rc = 0;
+        } else {
+            const char *text = problem != NULL ? PyUnicode_AsUTF8(problem) : NULL;
+            PyErr_Clear();
+            fprintf(stderr, "pkcs11-kms: %s\n", text != NULL ? text : "cannot start in this Python program");
+        }
+    }
+    Py_XDECREF(result);
+    Py_XDECREF(path);
+    Py_XDECREF(globals);
+    PyGILState_Release(gil);
+    return rc;
+}
+
 static void kms_do_start(void)
 {
     struct sigaction saved_sigint;
@@ -117,6 +180,8 @@ static void kms_do_start(void)
                     "(" KMS_PY_VERSION "); refusing to start");
             return;
         }
+        if (kms_prepare_python_host() != 0)
+            return;
     } else {
         restore_sigint = sigaction(SIGINT, NULL, &saved_sigint) == 0;
         if (kms_start_interpreter() != 0)

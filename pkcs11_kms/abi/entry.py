@@ -6,7 +6,7 @@ import logging
 
 from _kms_pkcs11 import ffi, lib
 
-from .. import mechanisms  # noqa: F401 - registers the mechanisms
+from .. import hostsafe, mechanisms  # noqa: F401 - mechanisms: registers them
 from ..ck import CKR
 from ..core.module import module
 from ..errors import PKCS11Error
@@ -32,7 +32,9 @@ def _not_supported(*_args: object) -> CKR:
 
 def _guarded(name: str):  # type: ignore[no-untyped-def]
     def callback(*args):  # type: ignore[no-untyped-def]
+        previous = None
         try:
+            previous = hostsafe.enter()  # this thread's OpenSSL default: ours, until we return
             rv = IMPLEMENTATIONS.get(name, _not_supported)(*args)
             return CKR.OK if rv is None else int(rv)
         except PKCS11Error as e:
@@ -42,6 +44,8 @@ def _guarded(name: str):  # type: ignore[no-untyped-def]
         except BaseException:  # noqa: BLE001 - SystemExit and KeyboardInterrupt too: never CKR_OK
             log.exception("%s failed", name)
             return int(CKR.GENERAL_ERROR)
+        finally:
+            hostsafe.leave(previous)
 
     callback.__name__ = name
     return callback
@@ -58,3 +62,4 @@ def attach_all() -> list[str]:
 
 
 ATTACHED = attach_all()
+hostsafe.add_thread_hook(lib.kms_mark_module_thread)  # calls from our threads are refused in C

@@ -13,6 +13,8 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .. import hostsafe
+
 if TYPE_CHECKING:  # asyncio costs ~40 ms to import: only when a KMS call is made
     import asyncio
 
@@ -96,13 +98,15 @@ class _Runner:
             import asyncio
 
             loop = asyncio.new_event_loop()
-            loop.set_default_executor(_InlineWhenThreadless(thread_name_prefix="pkcs11-kms-io"))
+            loop.set_default_executor(_InlineWhenThreadless(
+                thread_name_prefix="pkcs11-kms-io", initializer=hostsafe.start_module_thread))
             setattr(loop, _OWNER, self)
             self.loop = loop
         return self.loop
 
     def _serve(self, ready: threading.Event) -> None:
         try:  # asyncio is imported here, on our own stack, not on a host thread's small one
+            hostsafe.start_module_thread()
             import asyncio
 
             loop = self._ensure_loop()
