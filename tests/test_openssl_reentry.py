@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import utils
 from hosts import run, tool, verify_signature
 from keyseed import seed_key, write_config
-from test_p11kit import PROXY, P11Kit, module_file
+from p11kitns import PROXY, P11Kit, module_file
 
 PROVIDER = Path("/usr/lib/x86_64-linux-gnu/ossl-modules/pkcs11.so")
 TIMEOUT = 60

@@ -6,7 +6,8 @@ p11-kit reads module configs from fixed directories, and skips the user's (~/.co
 in programs running as root. So the tests install the module file into a temporary directory and
 show it to p11-kit: as root (CI) in a private mount namespace where that directory is mounted over
 /usr/share/p11-kit/modules (and an empty one over /etc/pkcs11/modules), which also hides the
-machine's other modules; as another user through HOME's ~/.config/pkcs11/modules.
+machine's other modules; as another user through HOME's ~/.config/pkcs11/modules
+(tests/p11kitns.py).
 """
 
 from __future__ import annotations
@@ -14,54 +15,15 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import hashes
-from hosts import run, tool, verify_signature
-
+from hosts import tool, verify_signature
 from keyseed import SeededKey, key_entries, seed_key, write_config
+from p11kitns import MODULE_FILE, PROXY, SYSTEM_DIRS, P11Kit, module_file
 
-MODULE_FILE = Path(__file__).resolve().parents[1] / "conf" / "p11-kit" / "kms.module"
-PROXY = Path("/usr/lib/x86_64-linux-gnu/p11-kit-proxy.so")
-SYSTEM_DIRS = (Path("/usr/share/p11-kit/modules"), Path("/etc/pkcs11/modules"))
 MESSAGE = b"signed through p11-kit's proxy\n" * 20
-# Runs "$@" after mounting $P11KIT_MODULES over the system module directory (and an empty
-# directory over the administrator's one) in the mount namespace unshare created.
-NAMESPACE_SCRIPT = """set -e
-mount --bind "$P11KIT_MODULES" /usr/share/p11-kit/modules
-if [ -d /etc/pkcs11/modules ]; then mount --bind "$P11KIT_EMPTY" /etc/pkcs11/modules; fi
-exec "$@"
-"""
-
-
-@dataclass
-class P11Kit:
-    modules: Path                  # where kms.module is installed
-    home: Path
-    env: dict[str, str]
-    keys: dict[str, SeededKey]     # "rsa", "ec"
-    module_path: str
-    tmp: Path
-
-    def install(self, text: str) -> None:
-        (self.modules / "kms.module").write_text(text)
-
-    def run(self, cmd: list[str], env: dict[str, str] | None = None, **kw):
-        """`cmd` as a program that sees only the temporary p11-kit module directory."""
-        env = dict(env or self.env)
-        if os.geteuid() == 0:
-            env.update(P11KIT_MODULES=str(self.modules), P11KIT_EMPTY=str(self.tmp / "empty"))
-            cmd = [tool("unshare", "util-linux"), "--mount", "--propagation", "private",
-                   "sh", "-c", NAMESPACE_SCRIPT, "sh", *cmd]
-        return run(cmd, env, **kw)
-
-
-def module_file(module_path: str, extra: str = "") -> str:
-    text = MODULE_FILE.read_text()
-    assert "module: @MODULE_PATH@\n" in text
-    return text.replace("@MODULE_PATH@", module_path) + extra
 
 
 @pytest.fixture(scope="module")
