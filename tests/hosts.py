@@ -23,12 +23,15 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from keyseed import SeededKey
 
+# The JDK scripts/setup.sh installs: openjdk-17 on Debian 12, openjdk-21 on Debian 13.
+JDK = ("openjdk-17-jdk-headless" if "bookworm" in Path("/etc/os-release").read_text()
+       else "openjdk-21-jdk-headless")
+
 # Every tool a test runs -> the Debian package that has it (scripts/setup.sh installs them).
 PACKAGES = {
     "certtool": "gnutls-bin", "certutil": "libnss3-tools", "curl": "curl",
     "firefox-esr": "firefox-esr", "gnutls-cli": "gnutls-bin", "gnutls-serv": "gnutls-bin",
-    "jarsigner": "openjdk-17-jdk-headless", "java": "openjdk-17-jdk-headless",
-    "keytool": "openjdk-17-jdk-headless", "modutil": "libnss3-tools", "nginx": "nginx",
+    "jarsigner": JDK, "java": JDK, "keytool": JDK, "modutil": "libnss3-tools", "nginx": "nginx",
     "openssl": "openssl", "osslsigncode": "osslsigncode", "p11-kit": "p11-kit",
     "p11tool": "gnutls-bin", "pkcs11-tool": "opensc", "selfserv": "libnss3-tools",
     "ssh": "openssh-client", "ssh-add": "openssh-client", "ssh-agent": "openssh-client",
@@ -94,13 +97,13 @@ def bind_loopback() -> str:
 
 @contextmanager
 def tls_server(cmd: list[str], env: dict[str, str], port: int, log: Path,
-               ready_text: str | None = None):
+               ready_text: str | None = None, cwd: Path | None = None):
     """A server process writing to `log`, listening on loopback only (selfserv and gnutls-serv
     have no option for it); killed (and reaped) on the way out."""
     env = {**env, "LD_PRELOAD": bind_loopback()}
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd)
     try:
         wait_listening(port, proc, log=log, ready_text=ready_text)
         yield proc
