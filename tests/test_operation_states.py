@@ -174,14 +174,17 @@ def test_key_and_mechanism_mismatches(raw, s):
     assert lib.C_SignInit(s, mech(raw, CKM.SHA256_RSA_PKCS_PSS), rsa) == CKR.MECHANISM_PARAM_INVALID
 
 
-def test_oaep_with_zero_hash_is_sha1(raw, s, keys):
-    """pkcs11-provider sends hashAlg=0, mgf=0 when the user named no OAEP digest."""
+@pytest.mark.parametrize("hash_alg, algorithm", [
+    (0, hashes.SHA1()), (CKM.SHA_1, hashes.SHA1()), (CKM.SHA256, hashes.SHA256())])
+def test_oaep_without_mgf(raw, s, keys, hash_alg, algorithm):
+    """pkcs11-provider 1.0 sends mgf=0: with hashAlg=0 when the user named no OAEP digest (SHA-1),
+    and with the named digest when the user named no MGF1 digest (OpenSSL's MGF1 then uses it)."""
     ffi, lib = raw
     k = key(raw, s, "oaep")
     secret = os.urandom(32)
     public = serialization.load_der_public_key(keys["oaep"].public_der)
-    ct = public.encrypt(secret, padding.OAEP(padding.MGF1(hashes.SHA1()), hashes.SHA1(), None))
-    params = ffi.new("CK_RSA_PKCS_OAEP_PARAMS *", [0, 0, 0, ffi.NULL, 0])
+    ct = public.encrypt(secret, padding.OAEP(padding.MGF1(algorithm), algorithm, None))
+    params = ffi.new("CK_RSA_PKCS_OAEP_PARAMS *", [hash_alg, 0, 0, ffi.NULL, 0])
     assert lib.C_DecryptInit(s, mech(raw, CKM.RSA_PKCS_OAEP, params), k) == CKR.OK
     n = ffi.new("CK_ULONG *")
     assert lib.C_Decrypt(s, ct, len(ct), ffi.NULL, n) == CKR.OK and n[0] >= 32  # no KMS call

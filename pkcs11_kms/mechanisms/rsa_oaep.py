@@ -27,7 +27,9 @@ def oaep_hash(args: MechanismArgs) -> Hash:
     if p.hash_alg == 0 and p.mgf == 0:  # pkcs11-provider when the user named no OAEP digest
         return HASHES[CKM.SHA_1]
     h = HASHES.get(p.hash_alg)
-    if h is None or p.hash_alg not in KMS_ALGORITHM or p.mgf != h.mgf:
+    # mgf 0 with a hash: pkcs11-provider 1.0 when the user named only the OAEP digest; OpenSSL's
+    # MGF1 digest then defaults to that digest.
+    if h is None or p.hash_alg not in KMS_ALGORITHM or p.mgf not in (0, h.mgf):
         raise PKCS11Error(CKR.MECHANISM_PARAM_INVALID, "KMS does OAEP with SHA-1 or SHA-256 and "
                           "MGF1 over the same hash")
     return h
