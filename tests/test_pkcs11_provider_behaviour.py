@@ -1,7 +1,8 @@
 """pkcs11-provider (OpenSSL 3's PKCS#11 provider, 1.x) call patterns, replayed with raw C calls.
 
-pkcs11-provider is not packaged for Debian 12, so CI cannot run it; these tests make the calls it
-makes, in its order, through the PKCS#11 3.0 function table it uses (DESIGN 3 and 5):
+tests/test_openssl_provider.py drives the real pkcs11-provider (Debian 12's backport, 1.0); these
+tests pin the calls it makes, and those of later versions, in its order, through the PKCS#11 3.0
+function table it uses (DESIGN 3 and 5), so that a failure names the call:
 
 - `C_GetInterface("PKCS 11", {3, 0})`, then every call through the returned `CK_FUNCTION_LIST_3_0`
   (never the exported symbols); `C_Initialize` with `CKF_OS_LOCKING_OK` and maybe a config string
