@@ -61,7 +61,8 @@ def cdef(functions: list[Function]) -> str:
     callbacks = "\n".join(
         f'extern "Python" CK_RV {f.callback}({f.params});' for f in functions if not f.c_only
     )
-    return types + "\n" + callbacks + "\nvoid kms_mark_module_thread(void);\n"
+    return (types + "\n" + callbacks + "\nvoid kms_mark_module_thread(void);\n"
+            "long kms_read_c_string(const void *p, char *out, long max);\n")
 
 
 def c_source(functions: list[Function]) -> str:

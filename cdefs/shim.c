@@ -8,7 +8,10 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
 
 /* KMS_PY_EXECUTABLE and KMS_PY_VERSION ("3.11") are defined by build_ffi.py. */
 
@@ -37,6 +40,34 @@ static CK_RV kms_refuse_reentry(const char *function)
         fprintf(stderr, "pkcs11-kms: %s called from inside the module's own work (an OpenSSL "
                 "configuration that loads this module into itself?): refused\n", function);
     return 0x6UL; /* CKR_FUNCTION_FAILED */
+}
+
+/* Copies the NUL-terminated string at `p` into `out` (at most `max` bytes with its NUL) without
+   ever faulting: C_Initialize's pReserved may be any pointer (google/pkcs11test passes 1). The
+   kernel reads our own memory for us and says EFAULT where nothing is mapped. Returns the length,
+   or -1 when the memory is unreadable or holds no NUL within `max` bytes. */
+static long kms_read_c_string(const void *p, char *out, long max)
+{
+    long done = 0;
+    while (done < max) {
+        uintptr_t at = (uintptr_t)p + (uintptr_t)done;
+        long chunk = (long)(4096 - at % 4096); /* never across a page we have not checked */
+        struct iovec local, remote;
+        char *nul;
+        if (chunk > max - done)
+            chunk = max - done;
+        local.iov_base = out + done;
+        local.iov_len = (size_t)chunk;
+        remote.iov_base = (void *)at;
+        remote.iov_len = (size_t)chunk;
+        if (process_vm_readv(getpid(), &local, 1, &remote, 1, 0) != (ssize_t)chunk)
+            return -1;
+        nul = memchr(out + done, 0, (size_t)chunk);
+        if (nul != NULL)
+            return (long)(nul - out);
+        done += chunk;
+    }
+    return -1;
 }
 
 /* The module's own threads (the KMS event loop and its I/O pool) call this first (through cffi). */

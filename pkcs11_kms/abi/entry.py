@@ -35,6 +35,8 @@ def _guarded(name: str):  # type: ignore[no-untyped-def]
         previous = None
         try:
             previous = hostsafe.enter()  # this thread's OpenSSL default: ours, until we return
+            if name != "C_Initialize":
+                module()  # CKR_CRYPTOKI_NOT_INITIALIZED before any pointer is read
             rv = IMPLEMENTATIONS.get(name, _not_supported)(*args)
             return CKR.OK if rv is None else int(rv)
         except PKCS11Error as e:

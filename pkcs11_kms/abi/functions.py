@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from _kms_pkcs11 import ffi
+from _kms_pkcs11 import ffi, lib
 
 from ..ck import CK_EFFECTIVELY_INFINITE, CK_UNAVAILABLE_INFORMATION, CKR
 from ..core import access, module, session, slots
+from ..errors import PKCS11Error
 from .marshal import (
     NULL,
     fill_attributes,
@@ -18,6 +19,8 @@ from .marshal import (
 
 # ---- General purpose (§5.4) ----
 
+_RESERVED_MAX = 4096  # a config file path
+
 
 def C_Initialize(pInitArgs):  # type: ignore[no-untyped-def]
     if pInitArgs == NULL:
@@ -27,8 +30,12 @@ def C_Initialize(pInitArgs):  # type: ignore[no-untyped-def]
         f != NULL for f in (args.CreateMutex, args.DestroyMutex, args.LockMutex, args.UnlockMutex)
     )
     reserved = None
-    if args.pReserved != NULL:
-        reserved = ffi.string(ffi.cast("char *", args.pReserved), 4096).decode("utf-8", "replace")
+    if args.pReserved != NULL:  # libp11 and pkcs11-provider pass a config string; NULL per spec
+        buffer = ffi.new("char[]", _RESERVED_MAX)
+        length = lib.kms_read_c_string(args.pReserved, buffer, _RESERVED_MAX)
+        if length < 0:
+            raise PKCS11Error(CKR.ARGUMENTS_BAD, "pReserved is neither NULL nor a string")
+        reserved = ffi.string(buffer, length).decode("utf-8", "replace")
     module.initialize(module.InitArgs(int(args.flags), callbacks, reserved))
 
 
