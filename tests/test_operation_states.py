@@ -77,7 +77,8 @@ def mech(raw, mechanism, params=None):
     return m
 
 
-def test_length_query_and_too_small_buffer_call_kms_once(raw, s, keys, faults):
+def test_length_query_and_too_small_buffer_never_call_kms(raw, s, keys, faults):
+    """A signature's length is known from the key: neither question reaches KMS."""
     ffi, lib = raw
     k = key(raw, s, "rsa")
     assert lib.C_SignInit(s, mech(raw, CKM.SHA256_RSA_PKCS), k) == CKR.OK
@@ -85,17 +86,54 @@ def test_length_query_and_too_small_buffer_call_kms_once(raw, s, keys, faults):
     faults.set_faults(error_code="KMSInternalException", operations=["Sign"])
     assert lib.C_Sign(s, MESSAGE, len(MESSAGE), ffi.NULL, n) == CKR.OK  # no KMS call
     assert n[0] == 256
-    faults.clear_faults()
     small = ffi.new("CK_ULONG *", 10)
     buf = ffi.new("unsigned char[256]")
-    assert lib.C_Sign(s, MESSAGE, len(MESSAGE), buf, small) == CKR.BUFFER_TOO_SMALL
+    assert lib.C_Sign(s, MESSAGE, len(MESSAGE), buf, small) == CKR.BUFFER_TOO_SMALL  # nor here
     assert small[0] == 256
-    faults.set_faults(error_code="KMSInternalException", operations=["Sign"])
-    assert lib.C_Sign(s, MESSAGE, len(MESSAGE), buf, n) == CKR.OK  # the kept signature
+    faults.clear_faults()
+    assert lib.C_Sign(s, MESSAGE, len(MESSAGE), buf, n) == CKR.OK
     signature = bytes(ffi.buffer(buf, n[0]))
     serialization.load_der_public_key(keys["rsa"].public_der).verify(
         signature, MESSAGE, padding.PKCS1v15(), hashes.SHA256())
     assert lib.C_Sign(s, MESSAGE, len(MESSAGE), buf, n) == CKR.OPERATION_NOT_INITIALIZED
+
+
+def oaep_ciphertext(keys, secret: bytes) -> bytes:
+    public = serialization.load_der_public_key(keys["oaep"].public_der)
+    return public.encrypt(secret, padding.OAEP(padding.MGF1(hashes.SHA256()), hashes.SHA256(),
+                                               None))
+
+
+def test_too_small_buffer_keeps_the_plaintext(raw, s, keys, faults):
+    """A plaintext's length is known only after KMS decrypted: CKR_BUFFER_TOO_SMALL keeps it, and
+    the retry gets it without a second KMS call."""
+    ffi, lib = raw
+    k = key(raw, s, "oaep")
+    secret = os.urandom(32)
+    ct = oaep_ciphertext(keys, secret)
+    params = ffi.new("CK_RSA_PKCS_OAEP_PARAMS *", [CKM.SHA256, CKG.MGF1_SHA256, 0, ffi.NULL, 0])
+    assert lib.C_DecryptInit(s, mech(raw, CKM.RSA_PKCS_OAEP, params), k) == CKR.OK
+    out, n = ffi.new("unsigned char[400]"), ffi.new("CK_ULONG *", 10)
+    assert lib.C_Decrypt(s, ct, len(ct), out, n) == CKR.BUFFER_TOO_SMALL
+    assert n[0] == 32
+    faults.set_faults(error_code="KMSInternalException", operations=["Decrypt"])
+    assert lib.C_Decrypt(s, ct, len(ct), out, n) == CKR.OK  # the kept plaintext
+    assert bytes(ffi.buffer(out, n[0])) == secret
+
+
+def test_retry_with_other_data_is_refused(raw, s, keys):
+    """The retry after CKR_BUFFER_TOO_SMALL must repeat the call: other data never gets the
+    first data's result."""
+    ffi, lib = raw
+    k = key(raw, s, "oaep")
+    params = ffi.new("CK_RSA_PKCS_OAEP_PARAMS *", [CKM.SHA256, CKG.MGF1_SHA256, 0, ffi.NULL, 0])
+    assert lib.C_DecryptInit(s, mech(raw, CKM.RSA_PKCS_OAEP, params), k) == CKR.OK
+    first, other = oaep_ciphertext(keys, b"first" * 6), oaep_ciphertext(keys, b"other" * 6)
+    out, n = ffi.new("unsigned char[400]"), ffi.new("CK_ULONG *", 10)
+    assert lib.C_Decrypt(s, first, len(first), out, n) == CKR.BUFFER_TOO_SMALL
+    n[0] = 400
+    assert lib.C_Decrypt(s, other, len(other), out, n) == CKR.ARGUMENTS_BAD
+    assert lib.C_Decrypt(s, first, len(first), out, n) == CKR.OPERATION_NOT_INITIALIZED
 
 
 def test_kms_failure_ends_the_operation_with_device_error(raw, s, faults):

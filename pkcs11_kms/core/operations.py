@@ -24,6 +24,9 @@ SIGN, VERIFY, ENCRYPT, DECRYPT, DIGEST = "sign", "verify", "encrypt", "decrypt",
 
 # kind -> (the mechanism flag it needs, the key object classes that may do it, the KMS key usage).
 # Private key objects carry the public key, so they verify and encrypt too.
+# Signatures and ciphertexts have the length output_length() says: a buffer shorter than that gets
+# CKR_BUFFER_TOO_SMALL before KMS is called. A decryption's bound is only an upper bound.
+EXACT_LENGTH = (SIGN, ENCRYPT)
 KINDS: dict[str, tuple[int, tuple[int, ...], str]] = {
     SIGN: (CKF.SIGN, (CKO.PRIVATE_KEY,), "SIGN_VERIFY"),
     VERIFY: (CKF.VERIFY, (CKO.PUBLIC_KEY, CKO.PRIVATE_KEY), "SIGN_VERIFY"),
@@ -57,6 +60,7 @@ class Active:
     operation: Operation
     result: bytes | None = None  # computed, not yet delivered (after CKR_BUFFER_TOO_SMALL)
     multipart: bool = False
+    data: bytes | None = None  # what a single-part result was computed from
 
 
 @dataclass(frozen=True)
@@ -159,9 +163,14 @@ def single(kind: str, session_handle: int, data: bytes, capacity: int | None) ->
         if active.multipart:
             del s.operations[kind]
             raise PKCS11Error(CKR.OPERATION_ACTIVE, f"a multi-part {kind} is in progress")
-        if capacity is None:
-            return Output(_guarded(s, kind, lambda: active.operation.output_length(len(data))), None)
+        length = _guarded(s, kind, lambda: active.operation.output_length(len(data)))
+        if capacity is None or (kind in EXACT_LENGTH and capacity < length):
+            return Output(length, None)
         active.result = _guarded(s, kind, lambda: _run(active.operation, data))
+        active.data = data
+    elif data != active.data:  # the retry after CKR_BUFFER_TOO_SMALL must repeat the call
+        del s.operations[kind]
+        raise PKCS11Error(CKR.ARGUMENTS_BAD, f"{kind} retried with other data than it was given")
     return _deliver(s, kind, active, capacity)
 
 
@@ -183,8 +192,9 @@ def final(kind: str, session_handle: int, capacity: int | None) -> Output:
     s = session(session_handle)
     active = _active(s, kind)
     if active.result is None:
-        if capacity is None:
-            return Output(_guarded(s, kind, lambda: active.operation.output_length(0)), None)
+        length = _guarded(s, kind, lambda: active.operation.output_length(0))
+        if capacity is None or (kind in EXACT_LENGTH and capacity < length):
+            return Output(length, None)
         active.result = _guarded(s, kind, active.operation.finish)
     return _deliver(s, kind, active, capacity)
 
