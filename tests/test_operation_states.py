@@ -269,6 +269,26 @@ def test_copy_object_makes_a_session_copy_that_signs(raw, s, keys):
     assert lib.C_DestroyObject(s, copy[0]) == CKR.OBJECT_HANDLE_INVALID
 
 
+def test_copies_made_on_every_use_leave_nothing_behind(raw, s):
+    """NSS and pkcs11-provider copy a key for each use: 1,000 copies, each destroyed, grow no
+    table of the module (it runs in this process), and no handle comes back."""
+    from pkcs11_kms.core import objects
+
+    ffi, lib = raw
+    k = key(raw, s, "ec")
+    copy = ffi.new("CK_OBJECT_HANDLE *")
+    assert lib.C_CopyObject(s, k, ffi.NULL, 0, copy) == CKR.OK  # warm: every table filled once
+    assert lib.C_DestroyObject(s, copy[0]) == CKR.OK
+    before = len(objects._handles)
+    seen = set()
+    for _ in range(1000):
+        assert lib.C_CopyObject(s, k, ffi.NULL, 0, copy) == CKR.OK
+        assert copy[0] not in seen and copy[0] != k
+        seen.add(copy[0])
+        assert lib.C_DestroyObject(s, copy[0]) == CKR.OK
+    assert len(objects._handles) == before
+
+
 def test_session_copies_end_with_their_session(raw, s):
     ffi, lib = raw
     k = key(raw, s, "ec")

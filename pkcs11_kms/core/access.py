@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import replace
 
 from ..ck import CKA, CKR
 from ..errors import PKCS11Error
 from .attributes import pack
 from .module import module
-from .objects import TokenObject, handle_for
+from .objects import TokenObject, new_handle
 from .session import Session, session
 
 
@@ -63,7 +62,6 @@ def attribute_values(session_handle: int, handle: int, types: list[int]) -> list
 # What C_CopyObject's template may set on a copy; every other attribute is CKR_ATTRIBUTE_READ_ONLY.
 COPY_SETTABLE = {CKA.TOKEN, CKA.LABEL, CKA.ID, CKA.PRIVATE, CKA.MODIFIABLE, CKA.DESTROYABLE,
                  CKA.COPYABLE}
-_copies = itertools.count(1)
 
 
 def copy_object(session_handle: int, handle: int, template: list[tuple[int, bytes]]) -> int:
@@ -85,7 +83,7 @@ def copy_object(session_handle: int, handle: int, template: list[tuple[int, byte
             raise PKCS11Error(CKR.TEMPLATE_INCONSISTENT, "copies are session objects: KMS keys "
                               "are not created through the module")
         attributes[t] = v
-    copy = replace(original, handle=handle_for(("copy", next(_copies))), attributes=attributes)
+    copy = replace(original, handle=new_handle(), attributes=attributes)
     with module().lock:
         s.token.session_objects[copy.handle] = (s.handle, copy)
     return copy.handle

@@ -41,6 +41,13 @@ def handle_for(identity: tuple) -> int:
         return _handles[identity]
 
 
+def new_handle() -> int:
+    """A handle for an object that goes away (a session copy): never reused, and not remembered,
+    so that copies made on every use (NSS, pkcs11-provider) leave nothing behind."""
+    with _handles_lock:
+        return next(_next_handle)
+
+
 @dataclass(frozen=True)
 class KmsKey:
     """One KMS key as a token holds it: what GetPublicKey said, plus our label and id."""
