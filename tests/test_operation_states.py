@@ -269,6 +269,32 @@ def test_copy_object_makes_a_session_copy_that_signs(raw, s, keys):
     assert lib.C_DestroyObject(s, copy[0]) == CKR.OBJECT_HANDLE_INVALID
 
 
+@pytest.mark.parametrize("name, mechanism, limit", [
+    ("ec", CKM.ECDSA, 96),  # P-384: r || s
+    ("rsa", CKM.RSA_PKCS, 256),  # RSA-2048
+])
+def test_single_part_input_is_capped(raw, s, name, mechanism, limit):
+    """Mechanisms that collect the caller's digest take no more than any valid input: *Update
+    beyond that fails and ends the operation, instead of buffering without bound."""
+    ffi, lib = raw
+    k = key(raw, s, name)
+    assert lib.C_SignInit(s, mech(raw, mechanism), k) == CKR.OK
+    assert lib.C_SignUpdate(s, b"\x01" * limit, limit) == CKR.OK
+    assert lib.C_SignUpdate(s, b"\x01", 1) == CKR.DATA_LEN_RANGE
+    assert lib.C_SignUpdate(s, b"\x01", 1) == CKR.OPERATION_NOT_INITIALIZED
+
+
+def test_oaep_input_is_capped(raw, s):
+    ffi, lib = raw
+    k = key(raw, s, "oaep")
+    params = ffi.new("CK_RSA_PKCS_OAEP_PARAMS *", [CKM.SHA256, CKG.MGF1_SHA256, 0, ffi.NULL, 0])
+    assert lib.C_DecryptInit(s, mech(raw, CKM.RSA_PKCS_OAEP, params), k) == CKR.OK
+    size, n = 256, ffi.new("CK_ULONG *")  # RSA-2048: a ciphertext is 256 bytes
+    assert lib.C_DecryptUpdate(s, b"\x01" * size, size, ffi.NULL, n) == CKR.OK
+    assert lib.C_DecryptUpdate(s, b"\x01", 1, ffi.NULL, n) == CKR.ENCRYPTED_DATA_LEN_RANGE
+    assert lib.C_DecryptUpdate(s, b"\x01", 1, ffi.NULL, n) == CKR.OPERATION_NOT_INITIALIZED
+
+
 def test_copies_made_on_every_use_leave_nothing_behind(raw, s):
     """NSS and pkcs11-provider copy a key for each use: 1,000 copies, each destroyed, grow no
     table of the module (it runs in this process), and no handle comes back."""

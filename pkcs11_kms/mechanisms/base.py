@@ -60,8 +60,12 @@ class Signature:
     def update(self, data: bytes) -> None:
         if self._hasher is not None:
             self._hasher.update(data)
-        else:
-            self._data += data
+            return
+        # A digest or DigestInfo is never longer than the signature: more cannot be valid, and
+        # collecting it without bound would let *Update grow memory at will.
+        if len(self._data) + len(data) > self.use.key.spec.signature_bytes:
+            raise PKCS11Error(CKR.DATA_LEN_RANGE, "longer than any input this mechanism signs")
+        self._data += data
 
     def _value(self) -> bytes:
         return self._hasher.digest() if self._hasher is not None else bytes(self._data)

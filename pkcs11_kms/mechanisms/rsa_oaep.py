@@ -54,6 +54,10 @@ class Oaep:
         return self.max_plaintext if self.decrypting else self.modulus_bytes
 
     def update(self, data: bytes) -> None:
+        limit = self.modulus_bytes if self.decrypting else self.max_plaintext
+        if len(self._data) + len(data) > limit:
+            raise PKCS11Error(CKR.ENCRYPTED_DATA_LEN_RANGE if self.decrypting
+                              else CKR.DATA_LEN_RANGE, f"more than {limit} bytes")
         self._data += data
 
     def finish(self) -> bytes:
