@@ -284,6 +284,18 @@ def test_single_part_input_is_capped(raw, s, name, mechanism, limit):
     assert lib.C_SignUpdate(s, b"\x01", 1) == CKR.OPERATION_NOT_INITIALIZED
 
 
+def test_update_argument_errors_end_the_operation(raw, s):
+    """§5.2: every error but CKR_BUFFER_TOO_SMALL ends the operation, in *Update too."""
+    ffi, lib = raw
+    k = key(raw, s, "rsa")
+    assert lib.C_SignInit(s, mech(raw, CKM.SHA256_RSA_PKCS), k) == CKR.OK
+    assert lib.C_SignUpdate(s, ffi.NULL, 5) == CKR.ARGUMENTS_BAD
+    assert lib.C_SignUpdate(s, b"x", 1) == CKR.OPERATION_NOT_INITIALIZED
+    assert lib.C_DigestInit(s, mech(raw, CKM.SHA256)) == CKR.OK
+    assert lib.C_DigestUpdate(s, ffi.NULL, 5) == CKR.ARGUMENTS_BAD
+    assert lib.C_DigestUpdate(s, b"x", 1) == CKR.OPERATION_NOT_INITIALIZED
+
+
 def test_oaep_input_is_capped(raw, s):
     ffi, lib = raw
     k = key(raw, s, "oaep")

@@ -73,6 +73,15 @@ def _single(kind, hSession, pData, ulDataLen, pOut, pulOutLen):  # type: ignore[
     _produce(ops.single(kind, hSession, data, capacity), pOut, pulOutLen)
 
 
+def _update(kind, hSession, pPart, ulPartLen, pulOutLen=None):  # type: ignore[no-untyped-def]
+    def read():  # type: ignore[no-untyped-def]
+        if pulOutLen is not None:
+            require(pulOutLen)
+        return read_bytes(pPart, ulPartLen)
+
+    ops.update(kind, hSession, _arguments(kind, hSession, read))
+
+
 def _final(kind, hSession, pOut, pulOutLen):  # type: ignore[no-untyped-def]
     def read():  # type: ignore[no-untyped-def]
         require(pulOutLen)
@@ -99,7 +108,7 @@ def C_Sign(hSession, pData, ulDataLen, pSignature, pulSignatureLen):  # type: ig
 
 
 def C_SignUpdate(hSession, pPart, ulPartLen):  # type: ignore[no-untyped-def]
-    ops.update(ops.SIGN, hSession, read_bytes(pPart, ulPartLen))
+    _update(ops.SIGN, hSession, pPart, ulPartLen)
 
 
 def C_SignFinal(hSession, pSignature, pulSignatureLen):  # type: ignore[no-untyped-def]
@@ -113,7 +122,7 @@ def C_Verify(hSession, pData, ulDataLen, pSignature, ulSignatureLen):  # type: i
 
 
 def C_VerifyUpdate(hSession, pPart, ulPartLen):  # type: ignore[no-untyped-def]
-    ops.update(ops.VERIFY, hSession, read_bytes(pPart, ulPartLen))
+    _update(ops.VERIFY, hSession, pPart, ulPartLen)
 
 
 def C_VerifyFinal(hSession, pSignature, ulSignatureLen):  # type: ignore[no-untyped-def]
@@ -126,8 +135,7 @@ def C_Encrypt(hSession, pData, ulDataLen, pEncryptedData, pulEncryptedDataLen): 
 
 
 def C_EncryptUpdate(hSession, pPart, ulPartLen, pEncryptedPart, pulEncryptedPartLen):  # type: ignore[no-untyped-def]
-    require(pulEncryptedPartLen)
-    ops.update(ops.ENCRYPT, hSession, read_bytes(pPart, ulPartLen))
+    _update(ops.ENCRYPT, hSession, pPart, ulPartLen, pulEncryptedPartLen)
     pulEncryptedPartLen[0] = 0  # RSA-OAEP is one block: everything comes out of C_EncryptFinal
 
 
@@ -140,8 +148,7 @@ def C_Decrypt(hSession, pEncryptedData, ulEncryptedDataLen, pData, pulDataLen): 
 
 
 def C_DecryptUpdate(hSession, pEncryptedPart, ulEncryptedPartLen, pPart, pulPartLen):  # type: ignore[no-untyped-def]
-    require(pulPartLen)
-    ops.update(ops.DECRYPT, hSession, read_bytes(pEncryptedPart, ulEncryptedPartLen))
+    _update(ops.DECRYPT, hSession, pEncryptedPart, ulEncryptedPartLen, pulPartLen)
     pulPartLen[0] = 0
 
 
@@ -158,7 +165,7 @@ def C_Digest(hSession, pData, ulDataLen, pDigest, pulDigestLen):  # type: ignore
 
 
 def C_DigestUpdate(hSession, pPart, ulPartLen):  # type: ignore[no-untyped-def]
-    ops.update(ops.DIGEST, hSession, read_bytes(pPart, ulPartLen))
+    _update(ops.DIGEST, hSession, pPart, ulPartLen)
 
 
 def C_DigestFinal(hSession, pDigest, pulDigestLen):  # type: ignore[no-untyped-def]
