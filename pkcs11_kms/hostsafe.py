@@ -11,10 +11,10 @@ must not load that configuration, nor reach the module through it:
   OpenSSL's default provider, made without any configuration (`enter`/`leave`,
   `start_module_thread`). OSSL_LIB_CTX_set0_default changes the default for one thread only;
 - pkcs11-provider's early load calls the module from inside the host's OpenSSL configuration
-  load, and any other thread initialising OpenSSL then waits for that load to end. So every call
-  first initialises OpenSSL on the caller's thread (`enter`): inside the load, OpenSSL sees the
-  recursion, skips the configuration and marks it done, and the module's event-loop thread no
-  longer waits on its own caller. Outside it, this is what the module's TLS does anyway.
+  load, and any other thread initialising OpenSSL then waits for that load to end: the module's
+  event-loop thread would wait for its own caller. A probe thread initialises OpenSSL as the
+  module's TLS will (`openssl_ready`); until it has returned, KMS calls run on the caller's thread,
+  where OpenSSL sees the recursion and does not wait.
 """
 
 from __future__ import annotations
@@ -29,8 +29,7 @@ log = logging.getLogger("pkcs11_kms")
 
 _CRYPTOGRAPHY = "cryptography.hazmat.bindings._rust"
 # OPENSSL_INIT_LOAD_SSL_STRINGS | OPENSSL_INIT_LOAD_CRYPTO_STRINGS: with the configuration and the
-# algorithms OPENSSL_init_ssl adds, every option SSL_CTX_new asks for. OpenSSL returns at once
-# from a later call whose options are all done; a call asking for one more would wait.
+# algorithms OPENSSL_init_ssl adds, every option SSL_CTX_new asks for.
 _INIT_OPTIONS = 0x00200000 | 0x00000002
 
 
@@ -110,10 +109,7 @@ def _library_context() -> _LibraryContext | None:
 def enter() -> int | None:
     """Makes the private library context this thread's default; give the result to leave()."""
     context = _library_context()
-    if context is None:
-        return None
-    context.init_ssl(_INIT_OPTIONS, None)
-    return context.set_default(context.ctx)
+    return None if context is None else context.set_default(context.ctx)
 
 
 def leave(previous: int | None) -> None:
@@ -129,8 +125,75 @@ def add_thread_hook(hook: Callable[[], None]) -> None:
     _thread_hooks.append(hook)
 
 
+_ours = threading.local()
+
+
+def start_thread(thread: threading.Thread) -> None:
+    """Starts one of our threads with every signal blocked (it inherits the mask; so do the
+    threads it starts): the host's signals (nginx's SIGCHLD, SIGIO, SIGTERM to its master) must
+    reach the host's own threads, never ours."""
+    import signal
+
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    try:
+        thread.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def start_module_thread() -> None:
     """First thing in each of the module's own threads: private OpenSSL, and marked as ours."""
+    _ours.module_thread = True
     for hook in _thread_hooks:
         hook()
     enter()
+
+
+def is_module_thread() -> bool:
+    return getattr(_ours, "module_thread", False)
+
+
+class _Probe:
+    """Whether the host's OpenSSL has finished initialising, as seen from a thread of ours."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.started: float | None = None
+        self.lock = threading.Lock()
+
+    def run(self) -> None:
+        start_module_thread()
+        context = _library_context()
+        if context is not None:
+            context.init_ssl(_INIT_OPTIONS, None)  # waits while another thread loads the config
+        self.done.set()
+
+
+_probe = _Probe()
+_PROBE_GRACE = 0.2  # seconds: OpenSSL initialises in microseconds unless a load is in progress
+
+
+def openssl_ready() -> bool:
+    """Whether the module's own threads can initialise OpenSSL without waiting. The first question
+    starts the probe and waits for it briefly; while a configuration load holds it longer, False
+    (the caller then runs the KMS call on its own thread)."""
+    import time
+
+    probe = _probe
+    if probe.done.is_set():
+        return True
+    with probe.lock:
+        if probe.started is None:
+            probe.started = time.monotonic()
+            start_thread(threading.Thread(target=probe.run, name="pkcs11-kms-openssl",
+                                          daemon=True))
+    return probe.done.wait(max(0.0, probe.started + _PROBE_GRACE - time.monotonic()))
+
+
+def _after_fork_in_child() -> None:
+    global _probe
+    if not _probe.done.is_set():  # its thread did not come along
+        _probe = _Probe()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -51,25 +51,13 @@ def threads_allowed() -> bool:
     return _threads_allowed
 
 
-def _start_with_signals_blocked(thread: threading.Thread) -> None:
-    """Starts our thread with every signal blocked (it inherits the mask; so do the I/O pool's
-    threads it creates later): the host's signals (nginx's SIGCHLD, SIGIO, SIGTERM to its master)
-    must reach the host's own threads, never ours."""
-    import signal
-
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
-    try:
-        thread.start()
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
 class _InlineWhenThreadless(concurrent.futures.ThreadPoolExecutor):
     """The loop's default executor (DNS, TLS context files, credential_process): a lazy thread
-    pool, except that it runs the work inline while the host forbids threads."""
+    pool, except that it runs the work inline while the loop runs on a host's thread (threadless,
+    or before OpenSSL is ready: see run())."""
 
     def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
-        if _threads_allowed:
+        if hostsafe.is_module_thread():
             return super().submit(fn, *args, **kwargs)
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         try:
@@ -126,7 +114,7 @@ class _Runner:
                     self.thread = threading.Thread(
                         target=self._serve, args=(ready,), name="pkcs11-kms-loop", daemon=True
                     )
-                    _start_with_signals_blocked(self.thread)
+                    hostsafe.start_thread(self.thread)
                     ready.wait(_STOP_TIMEOUT)
                 thread, loop = self.thread, self.loop
                 if loop is None:
@@ -281,7 +269,10 @@ def run(coro: Coroutine[Any, Any, T], timeout: float) -> T:
         coro.close()
         raise InterpreterExiting("the interpreter is exiting")
     runner = _current()
-    if _threads_allowed:
+    # While the host's OpenSSL is still loading its configuration (pkcs11-provider's early load
+    # calls us from inside it), our threads would wait for that load to end, and so for their own
+    # caller: the call runs on the caller's thread instead (docs/design.md, "Inside OpenSSL").
+    if _threads_allowed and hostsafe.openssl_ready():
         return runner.run_threaded(coro, timeout)
     return runner.run_inline(coro, timeout)
 
