@@ -3,7 +3,7 @@
 # then OpenSSL workflows whose private keys never leave (emulated) KMS: each step shows the command,
 # what it printed, and a check mark. Exits non-zero on the first failure; leaves nothing running.
 #
-#   scripts/demo.sh                                   # fresh Debian 12: root, or sudo for packages
+#   scripts/demo.sh                                   # fresh Debian 12 or 13: root, or sudo
 #   PKCS11_KMS_DEMO_VENV=/path/to/venv scripts/demo.sh  # skip the set-up, use that environment
 #   PKCS11_KMS_DEMO_KEEP=1 scripts/demo.sh              # keep the work directory (certs, replies)
 set -Eeuo pipefail
