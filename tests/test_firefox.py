@@ -334,7 +334,9 @@ def check_page(web: Web, name: str, error: str | None, text: str) -> None:
     shown = text.split("Client certificate", 1)[1]
     assert f"Subject: CN=firefox {key_name} client" in shown, shown
     assert pem(web.client_certs[key_name]).decode().strip() in shown
-    assert f"depth=0 CN = firefox {key_name} client\nverify return:1" in log.read_text()
+    # OpenSSL 3.0 prints "CN = x", 3.5 "CN=x"
+    assert f"depth=0 CN=firefox {key_name} client\nverify return:1" in \
+        log.read_text().replace(" = ", "=")
 
 
 def check_firefox_log(log: Path) -> None:

@@ -54,7 +54,9 @@ def test_fault_gives_ck_rv_and_one_log_line(kms_server, config, module_path, tmp
                                             code):
     """max_attempts = 1 and a 1 s read timeout: a hung request ends within the deadline."""
     ready = tmp_path / "ready"
-    env = {**os.environ, "PKCS11_KMS_CONFIG": config, "MODULE": module_path, "READY": str(ready)}
+    # PYTHONUNBUFFERED: the first line must reach us before the probe waits for READY to go
+    env = {**os.environ, "PKCS11_KMS_CONFIG": config, "MODULE": module_path, "READY": str(ready),
+           "PYTHONUNBUFFERED": "1"}
     kms_server.set_faults(operations=["Sign"], **fault)
     proc = subprocess.Popen([sys.executable, "-c", PROBE], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)

@@ -67,13 +67,18 @@ def test_module_file_has_the_module_line_only():
 def test_list_modules_shows_module_and_token(p11kit):
     proc = p11kit.run([tool("p11-kit", "p11-kit"), "list-modules"])
     assert proc.returncode == 0, proc.stderr
-    section = proc.stdout.split(f"kms: {p11kit.module_path}\n", 1)
+    # p11-kit 0.24 heads a module "kms: PATH"; 0.25 "module: kms", then "    path: PATH"
+    path = re.escape(p11kit.module_path)
+    section = re.split(rf"^(?:kms: {path}|module: kms\n\s+path: {path})\n", proc.stdout, maxsplit=1,
+                       flags=re.M)
     assert len(section) == 2, proc.stdout
     body = re.split(r"^\S", section[1], maxsplit=1, flags=re.M)[0]
     assert "library-manufacturer: pkcs11-kms" in body
     assert re.search(r"^\s+token: p11kit$", body, re.M), body
     if os.geteuid() == 0:  # the namespace hides the machine's own modules
-        assert re.findall(r"^(\S+): ", proc.stdout, re.M) == ["kms"], proc.stdout
+        names = (re.findall(r"^module: (\S+)$", proc.stdout, re.M)
+                 or re.findall(r"^(\S+): ", proc.stdout, re.M))
+        assert names == ["kms"], proc.stdout
 
 
 def proxy_tool(p11kit: P11Kit, *args: str, env=None):
@@ -176,4 +181,4 @@ def test_namespace_leaves_the_system_alone(p11kit):
             assert not (directory / "kms.module").exists()
     proc = subprocess.run([tool("p11-kit", "p11-kit"), "list-modules"], capture_output=True,
                           text=True, timeout=60, env={**os.environ, "HOME": "/nonexistent"})
-    assert f"kms: {p11kit.module_path}" not in proc.stdout
+    assert p11kit.module_path not in proc.stdout

@@ -174,7 +174,8 @@ def client(system: SystemWide, name: str) -> tuple[list[str], dict]:
 CLIENTS = {
     "curl": (False, False),
     "gnutls-cli": (False, False),
-    "gnutls-cli-pkcs11-trust": (True, False),
+    # Debian 13's GnuTLS 3.8 and p11-kit 0.25 also run C_Initialize (still no KMS request)
+    "gnutls-cli-pkcs11-trust": (True, "bookworm" not in Path("/etc/os-release").read_text()),
     "openssl-s_client": (False, False),
     "python-ssl": (False, False),
     "pkcs11-tool-trust": (False, False),
@@ -225,7 +226,11 @@ def test_token_listers_load_it_without_kms_request(system, name, kms):
     assert registered.proc.returncode == 0, registered.result()
     assert registered.loaded and registered.initialised
     assert shows_token(registered.proc) and not shows_token(without.proc), registered.result()
-    assert set(without.proc.stdout.splitlines()) <= set(registered.proc.stdout.splitlines())
+    # p11-kit 0.25's proxy numbers the slots anew when a module is added: "Slot 0 (0x11):"
+    def lines(text: str) -> set[str]:
+        return {re.sub(r"^Slot \d+ \(0x[0-9a-f]+\):", "Slot:", line) for line in text.splitlines()}
+
+    assert lines(without.proc.stdout) <= lines(registered.proc.stdout)
     assert set(registered.proc.stderr.splitlines()) <= set(without.proc.stderr.splitlines())
     assert requests == 0
 
