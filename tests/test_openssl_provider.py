@@ -27,8 +27,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from hosts import free_port, tls_server, tool
 from keyseed import REGION, SeededKey, key_entries, seed_key, write_config
 from test_nginx import nginx_conf, render
@@ -39,14 +37,12 @@ from test_nginx import (  # noqa: F401 - these tests run again, against nginx wi
 from test_openssl_workflows import (
     GET,
     KEYS,
-    MAIL,
     SAN,
     SIGN_CASES,
     TOKEN,
     SServer,
     Workflows,
     assert_client_accepted,
-    assert_issued_by_ca,
     cert_public_der,
     id_uri,
     pem_blocks,
@@ -57,10 +53,16 @@ from test_openssl_workflows import (
 from test_openssl_workflows import (  # noqa: F401 - fixtures and tests reused with this `wf`
     client_auth_server,
     software_csr,
+    test_ca_x509_req,
     test_client_auth_required,
+    test_cms_decrypt_oaep,
+    test_csr,
     test_https_server_curl,
     test_https_server_s_client,
+    test_openssl_ca,
+    test_pkeyutl_pkcs1_v15_decrypt_fails_cleanly,
     test_self_signed_certificate,
+    test_smime_sign,
 )
 
 PROVIDER = Path("/usr/lib/x86_64-linux-gnu/ossl-modules/pkcs11.so")
@@ -110,6 +112,9 @@ class ProviderWorkflows(Workflows):
 
     def ossl(self, *args, env: dict[str, str] | None = None, **kw) -> subprocess.CompletedProcess:
         return no_prompt(super().ossl(*args, env=env, **kw))
+
+    def key_form(self, option: str = "-keyform") -> list[str]:
+        return []  # the provider takes pkcs11: URIs wherever openssl takes a key
 
     def public_der(self, pem: Path) -> bytes:
         """The public key in a PEM file (SubjectPublicKeyInfo or PKCS#1), as plain openssl reads
@@ -385,76 +390,8 @@ def test_pkeyutl_oaep_encrypt_through_provider(wf, tmp_path):
     assert out.read_bytes() == plain.read_bytes()
 
 
-def test_pkeyutl_pkcs1_v15_decrypt_fails_cleanly(wf, tmp_path):
-    """KMS has no PKCS#1 v1.5 decryption: the module refuses, openssl fails without output."""
-    plain, ct, out = tmp_path / "plain", tmp_path / "ct", tmp_path / "out"
-    plain.write_bytes(b"v1.5")
-    wf.plain_ossl("pkeyutl", "-encrypt", "-pubin", "-inkey", wf.pub["dec"], "-in", plain,
-                  "-out", ct)
-    proc = wf.ossl("pkeyutl", "-decrypt", "-inkey", uri(wf.label("dec")), "-in", ct, "-out", out,
-                   ok=False)
-    assert proc.returncode != 0
-    assert not out.exists() or out.stat().st_size == 0
-
-
-# ---- 4. CSR (the self-signed certificates: the fixture, test_self_signed_certificate) ------------
-
-
-@pytest.mark.parametrize("name, opts, sigalg", [
-    ("rsa", ["-sha256"], "sha256WithRSAEncryption"),
-    ("rsa", ["-sha384", "-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:digest"],
-     "rsassaPss"),
-    ("ec", ["-sha256"], "ecdsa-with-SHA256"),
-    ("ca", ["-sha384"], "ecdsa-with-SHA384"),
-], ids=["rsa", "rsa-pss", "ec", "ec-p384"])
-def test_csr(wf, tmp_path, name, opts, sigalg):
-    """`req -new -key URI`; `req -verify` (plain openssl) accepts it; its key is KMS's."""
-    csr = tmp_path / "request.csr"
-    wf.ossl("req", "-new", "-key", uri(wf.label(name)), "-subj", f"/CN={name}.example.test",
-            *opts, "-out", csr)
-    proc = wf.plain_ossl("req", "-verify", "-in", csr, "-noout", "-text")
-    assert "verify OK" in proc.stdout + proc.stderr
-    assert f"Signature Algorithm: {sigalg}" in proc.stdout
-    request = x509.load_pem_x509_csr(csr.read_bytes())
-    assert request.is_signature_valid
-    assert request.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo,
-    ) == wf.keys[name].public_der
-
-
-# ---- 5. a CA whose key is on the token -----------------------------------------------------------
-
-
-def test_ca_x509_req(wf, tmp_path, software_csr):
-    """`x509 -req -CA ca.pem -CAkey URI` signs a software key's CSR."""
-    leaf = tmp_path / "leaf.pem"
-    wf.ossl("x509", "-req", "-in", software_csr, "-CA", wf.cert["ca"], "-CAkey", uri("ca"),
-            "-days", "7", "-sha384", "-set_serial", "0x1001", "-out", leaf)
-    assert_issued_by_ca(wf, leaf, software_csr)
-
-
-@pytest.mark.parametrize("key_in", ["config", "keyfile"])
-def test_openssl_ca(wf, tmp_path, software_csr, key_in):
-    """`openssl ca` with the CA key as the config's private_key or -keyfile, a pkcs11: URI."""
-    (tmp_path / "newcerts").mkdir()
-    (tmp_path / "index.txt").write_text("")
-    (tmp_path / "serial").write_text("2000\n")
-    config = tmp_path / "ca.cnf"
-    config.write_text(
-        f"[ca]\ndefault_ca = kms_ca\n[kms_ca]\ndir = {tmp_path}\n"
-        "database = $dir/index.txt\nserial = $dir/serial\nnew_certs_dir = $dir/newcerts\n"
-        f"certificate = {wf.cert['ca']}\n"
-        + (f"private_key = {uri('ca')}\n" if key_in == "config" else "")
-        + "default_md = sha384\ndefault_days = 7\npolicy = policy_any\n"
-        "x509_extensions = leaf_ext\n[policy_any]\ncommonName = supplied\n"
-        "[leaf_ext]\nbasicConstraints = CA:FALSE\nkeyUsage = critical,digitalSignature\n"
-    )
-    leaf = tmp_path / "leaf.pem"
-    keyfile = ["-keyfile", uri("ca")] if key_in == "keyfile" else []
-    wf.ossl("ca", "-batch", "-config", config, *keyfile, "-in", software_csr, "-out", leaf,
-            "-notext")
-    assert_issued_by_ca(wf, leaf, software_csr)
-    assert x509.load_pem_x509_certificate(leaf.read_bytes()).serial_number == 0x2000
+# ---- 4-5. CSR, self-signed certificate, a CA (test_csr, test_self_signed_certificate,
+# test_ca_x509_req, test_openssl_ca of test_openssl_workflows, with this `wf`) --------------------
 
 
 # ---- 6. HTTPS server with the key on the token (test_https_server_s_client / _curl) --------------
@@ -542,56 +479,7 @@ def test_client_auth_curl_with_uri_key_file(wf, client_auth_server, uri_keys, na
     assert re.search(rf"Protocol\s*: TLSv{version}", proc.stdout), proc.stdout
 
 
-# ---- 8. CMS / S/MIME -----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("command, name, opts", [
-    ("cms", "rsa", []),
-    ("cms", "ec", []),
-    ("cms", "rsa", ["-md", "sha384", "-keyopt", "rsa_padding_mode:pss",
-                    "-keyopt", "rsa_pss_saltlen:digest"]),
-    ("smime", "rsa", []),
-    ("smime", "ec", []),
-], ids=["cms-rsa", "cms-ec", "cms-rsa-pss", "smime-rsa", "smime-ec"])
-def test_smime_sign(wf, tmp_path, command, name, opts):
-    """`cms -sign` / `smime -sign -inkey URI`; `cms -verify -CAfile` (plain openssl) returns the
-    content byte for byte and names our certificate as the signer; a changed message fails."""
-    message = tmp_path / "message.eml"
-    message.write_bytes(MAIL)
-    signed = tmp_path / "signed.eml"
-    wf.ossl(command, "-sign", "-binary", "-inkey", uri(wf.label(name)), "-signer", wf.cert[name],
-            *opts, "-in", message, "-out", signed)
-    content, signer = tmp_path / "content", tmp_path / "signer.pem"
-    proc = wf.plain_ossl("cms", "-verify", "-binary", "-CAfile", wf.cert[name], "-in", signed,
-                         "-out", content, "-signer", signer)
-    assert "Verification successful" in proc.stderr
-    assert content.read_bytes() == MAIL
-    assert x509.load_pem_x509_certificate(signer.read_bytes()) == \
-        x509.load_pem_x509_certificate(wf.cert[name].read_bytes())
-    if "rsa_padding_mode:pss" in opts:
-        assert "rsassaPss" in wf.plain_ossl("cms", "-cmsout", "-print", "-in", signed).stdout
-    forged = tmp_path / "forged.eml"
-    forged.write_bytes(signed.read_bytes().replace(b"Hello from", b"Hallo from"))
-    proc = wf.plain_ossl("cms", "-verify", "-binary", "-CAfile", wf.cert[name], "-in", forged,
-                         "-out", os.devnull, ok=False)
-    assert proc.returncode != 0
-
-
-@pytest.mark.parametrize("md", ["sha256", "sha1"])
-def test_cms_decrypt_oaep(wf, tmp_path, md):
-    """A message encrypted (plain openssl) to the decryption key's certificate with RSA-OAEP;
-    `cms -decrypt -inkey URI -recip cert` gives it back byte for byte."""
-    message = tmp_path / "secret.bin"
-    message.write_bytes(secrets.token_bytes(3000))
-    enc = tmp_path / "secret.p7m"
-    wf.plain_ossl("cms", "-encrypt", "-binary", "-aes-256-cbc", "-recip", wf.cert["dec"],
-                  "-keyopt", "rsa_padding_mode:oaep", "-keyopt", f"rsa_oaep_md:{md}",
-                  "-in", message, "-out", enc)
-    assert "rsaesOaep" in wf.plain_ossl("cms", "-cmsout", "-print", "-in", enc).stdout
-    out = tmp_path / "decrypted.bin"
-    wf.ossl("cms", "-decrypt", "-binary", "-inkey", uri(wf.label("dec")), "-recip",
-            wf.cert["dec"], "-in", enc, "-out", out)
-    assert out.read_bytes() == message.read_bytes()
+# ---- 8. CMS / S/MIME (test_smime_sign, test_cms_decrypt_oaep of test_openssl_workflows) --------
 
 
 def test_cms_encrypt_with_the_provider_loaded(wf, tmp_path):

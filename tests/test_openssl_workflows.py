@@ -104,6 +104,11 @@ class Workflows:
     def label(self, name: str) -> str:
         return KEYS[name][0]
 
+    def key_form(self, option: str = "-keyform") -> list[str]:
+        """What tells openssl that a key option names a token key: libp11's engine needs this;
+        pkcs11-provider (tests/test_openssl_provider.py) takes the URI as it is."""
+        return ["-engine", "pkcs11", option, "engine"]
+
 
 def engine_conf_text(module_path: str, init_args: str | None = None) -> str:
     """conf/openssl-engine.cnf with its placeholder module path replaced (the file we ship)."""
@@ -363,8 +368,8 @@ def test_pkeyutl_pkcs1_v15_decrypt_fails_cleanly(wf, tmp_path):
     plain.write_bytes(b"v1.5")
     wf.plain_ossl("pkeyutl", "-encrypt", "-pubin", "-inkey", wf.pub["dec"], "-in", plain,
                   "-out", ct)
-    proc = wf.ossl("pkeyutl", "-decrypt", "-engine", "pkcs11", "-keyform", "engine",
-                   "-inkey", uri(wf.label("dec")), "-in", ct, "-out", out, ok=False)
+    proc = wf.ossl("pkeyutl", "-decrypt", *wf.key_form(), "-inkey", uri(wf.label("dec")),
+                   "-in", ct, "-out", out, ok=False)
     assert proc.returncode != 0
     assert not out.exists() or out.stat().st_size == 0
 
@@ -383,7 +388,7 @@ def test_csr(wf, tmp_path, name, opts, sigalg):
     """`req -new` signed by the token key; `req -verify` (plain openssl) accepts it and its
     public key is KMS's."""
     csr = tmp_path / "request.csr"
-    wf.ossl("req", "-new", "-engine", "pkcs11", "-keyform", "engine", "-key", uri(wf.label(name)),
+    wf.ossl("req", "-new", *wf.key_form(), "-key", uri(wf.label(name)),
             "-subj", f"/CN={name}.example.test", *opts, "-out", csr)
     proc = wf.plain_ossl("req", "-verify", "-in", csr, "-noout", "-text")
     assert "verify OK" in proc.stdout + proc.stderr
@@ -427,11 +432,11 @@ def assert_issued_by_ca(wf, leaf: Path, csr: Path) -> None:
 
 
 def test_ca_x509_req(wf, tmp_path, software_csr):
-    """`x509 -req -CA ca.pem -CAkey URI -CAkeyform engine -engine pkcs11` signs a software key's
-    CSR."""
+    """`x509 -req -CA ca.pem -CAkey URI` (with the engine: `-CAkeyform engine -engine pkcs11`)
+    signs a software key's CSR."""
     leaf = tmp_path / "leaf.pem"
     wf.ossl("x509", "-req", "-in", software_csr, "-CA", wf.cert["ca"], "-CAkey", uri("ca"),
-            "-CAkeyform", "engine", "-engine", "pkcs11", "-days", "7", "-sha384",
+            *wf.key_form("-CAkeyform"), "-days", "7", "-sha384",
             "-set_serial", "0x1001", "-out", leaf)
     assert_issued_by_ca(wf, leaf, software_csr)
 
@@ -459,7 +464,7 @@ def test_openssl_ca(wf, tmp_path, software_csr, key_in):
     )
     leaf = tmp_path / "leaf.pem"
     keyfile = ["-keyfile", uri("ca")] if key_in == "keyfile" else []
-    wf.ossl("ca", "-batch", "-config", config, "-engine", "pkcs11", "-keyform", "engine",
+    wf.ossl("ca", "-batch", "-config", config, *wf.key_form(),
             *keyfile, "-in", software_csr, "-out", leaf, "-notext")
     assert_issued_by_ca(wf, leaf, software_csr)
     assert (tmp_path / "index.txt").read_text().startswith("V\t")
@@ -690,7 +695,7 @@ def test_smime_sign(wf, tmp_path, command, name, opts):
     message = tmp_path / "message.eml"
     message.write_bytes(MAIL)
     signed = tmp_path / "signed.eml"
-    wf.ossl(command, "-sign", "-binary", "-engine", "pkcs11", "-keyform", "engine",
+    wf.ossl(command, "-sign", "-binary", *wf.key_form(),
             "-inkey", uri(wf.label(name)), "-signer", wf.cert[name], *opts,
             "-in", message, "-out", signed)
     content, signer = tmp_path / "content", tmp_path / "signer.pem"
@@ -714,8 +719,9 @@ def test_smime_sign(wf, tmp_path, command, name, opts):
 @pytest.mark.parametrize("md", ["sha256", "sha1"])
 def test_cms_decrypt_oaep(wf, tmp_path, md):
     """A message encrypted (plain openssl) to the decryption key's certificate with RSA-OAEP;
-    `cms -decrypt -engine pkcs11 -inkey URI -keyform engine -recip cert` gives it back byte for
-    byte. (The encryption runs without the engine config: see docs/openssl.md.)"""
+    `cms -decrypt -inkey URI -recip cert` (with the engine: `-engine pkcs11 -keyform engine`)
+    gives it back byte for byte. (The encryption runs without the engine config: see the
+    README's OpenSSL notes.)"""
     message = tmp_path / "secret.bin"
     message.write_bytes(secrets.token_bytes(3000))
     enc = tmp_path / "secret.p7m"
@@ -725,7 +731,7 @@ def test_cms_decrypt_oaep(wf, tmp_path, md):
     printed = wf.plain_ossl("cms", "-cmsout", "-print", "-in", enc).stdout
     assert "rsaesOaep" in printed, printed
     out = tmp_path / "decrypted.bin"
-    wf.ossl("cms", "-decrypt", "-binary", "-engine", "pkcs11", "-keyform", "engine",
+    wf.ossl("cms", "-decrypt", "-binary", *wf.key_form(),
             "-inkey", uri(wf.label("dec")), "-recip", wf.cert["dec"], "-in", enc, "-out", out)
     assert out.read_bytes() == message.read_bytes()
 
