@@ -26,8 +26,7 @@ def _last_resort(exc_type, exc_value, traceback) -> None:  # type: ignore[no-unt
 
 
 def _not_supported(*_args: object) -> CKR:
-    module()  # CKR_CRYPTOKI_NOT_INITIALIZED first, as for every function
-    return CKR.FUNCTION_NOT_SUPPORTED
+    return CKR.FUNCTION_NOT_SUPPORTED  # after the callback's CKR_CRYPTOKI_NOT_INITIALIZED check
 
 
 def _guarded(name: str):  # type: ignore[no-untyped-def]
