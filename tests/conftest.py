@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from hosts import build_c_host
 from keyseed import REGION, SEED, SeededKey, seed_key, write_config
 
 # Never reach the EC2 metadata service or real AWS from tests (DESIGN section 6).
@@ -72,3 +73,9 @@ def module_path() -> str:
     path = module_path()
     assert path.is_file(), "build the library first: pip install -e ."
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def harness(tmp_path_factory) -> str:
+    """Our C host, tests/harness/p11harness.c."""
+    return build_c_host("p11harness", tmp_path_factory.mktemp("harness"))

@@ -85,6 +85,20 @@ def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 30,
     raise AssertionError(f"{proc.args[0]} is not listening on 127.0.0.1:{port}")
 
 
+HARNESS_DIR = Path(__file__).resolve().parent / "harness"
+
+
+def build_c_host(name: str, out_dir: Path) -> str:
+    """Compiles tests/harness/NAME.c (warnings are errors) into OUT_DIR; returns the program."""
+    gcc = shutil.which("gcc")
+    assert gcc, "gcc is not installed: CI must provide it"
+    out = Path(out_dir) / name
+    subprocess.run([gcc, "-Wall", "-Wextra", "-Werror", "-O1", "-o", str(out),
+                    str(HARNESS_DIR / f"{name}.c"), "-ldl", "-lpthread"],
+                   check=True, capture_output=True, text=True, timeout=120)
+    return str(out)
+
+
 @functools.cache
 def bind_loopback() -> str:
     """An LD_PRELOAD library that turns a server's wildcard bind() into a loopback one."""

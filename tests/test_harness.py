@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-HARNESS_SOURCE = Path(__file__).resolve().parent / "harness" / "p11harness.c"
 ROOT = Path(__file__).resolve().parent.parent
 
 OK_INIT = [
@@ -24,19 +23,6 @@ OK_INIT = [
     "C_Finalize again rv=0x190",  # CKR_CRYPTOKI_NOT_INITIALIZED
 ]
 OBJECTS_OK = "objects rv=0x0 count=6 labelled=6"
-
-
-@pytest.fixture(scope="session")
-def harness(tmp_path_factory) -> str:
-    gcc = shutil.which("gcc")
-    assert gcc, "gcc is not installed: CI must provide it"
-    out = tmp_path_factory.mktemp("harness") / "p11harness"
-    subprocess.run(
-        [gcc, "-Wall", "-Wextra", "-Werror", "-O1", "-o", str(out), str(HARNESS_SOURCE), "-ldl",
-         "-lpthread"],
-        check=True, capture_output=True, text=True,
-    )
-    return str(out)
 
 
 @pytest.fixture(scope="session")
