@@ -62,7 +62,10 @@ def cdef(functions: list[Function]) -> str:
         f'extern "Python" CK_RV {f.callback}({f.params});' for f in functions if not f.c_only
     )
     return (types + "\n" + callbacks + "\nvoid kms_mark_module_thread(void);\n"
-            "long kms_read_c_string(const void *p, char *out, long max);\n")
+            "long kms_read_c_string(const void *p, char *out, long max);\n"
+            "int kms_copy_in(void *dst, const void *src, size_t n);\n"
+            "int kms_copy_out(void *dst, const void *src, size_t n);\n"
+            "int kms_exiting(void);\n")
 
 
 def c_source(functions: list[Function]) -> str:

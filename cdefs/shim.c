@@ -4,6 +4,7 @@
    generated entry points, which call kms_start() before entering Python. */
 
 #include <dlfcn.h>
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -46,9 +47,20 @@ static CK_RV kms_refuse_reentry(const char *function)
    ever faulting: C_Initialize's pReserved may be any pointer (google/pkcs11test passes 1). The
    kernel reads our own memory for us and says EFAULT where nothing is mapped. Returns the length,
    or -1 when the memory is unreadable or holds no NUL within `max` bytes. */
+static int kms_vm_usable(void);
+
 static long kms_read_c_string(const void *p, char *out, long max)
 {
     long done = 0;
+    if (p == NULL || max <= 0)
+        return -1;
+    if (!kms_vm_usable()) { /* no process_vm_readv here (docs/design.md, "Host pointers") */
+        size_t len = strnlen((const char *)p, (size_t)max);
+        if (len == (size_t)max)
+            return -1;
+        memcpy(out, p, len + 1);
+        return (long)len;
+    }
     while (done < max) {
         uintptr_t at = (uintptr_t)p + (uintptr_t)done;
         long chunk = (long)(4096 - at % 4096); /* never across a page we have not checked */
@@ -68,6 +80,68 @@ static long kms_read_c_string(const void *p, char *out, long max)
         done += chunk;
     }
     return -1;
+}
+
+/* docs/design.md, "Host pointers": the abi layer never dereferences a pointer a host passed us.
+   kms_copy_in / kms_copy_out copy `n` bytes through the kernel (process_vm_readv/writev on our
+   own pid), which answers EFAULT for NULL, (void*)1, 0xdeadbeef, (void*)-1 or an unmapped page
+   instead of faulting. 0 when all `n` bytes were copied, -1 otherwise. Where the calls are
+   forbidden (ENOSYS, or EPERM under a seccomp profile; probed once), they fall back to memcpy. */
+static int kms_vm_state = 0; /* 0 not probed, 1 the syscalls work, 2 memcpy fallback */
+
+static int kms_vm_usable(void)
+{
+    int state = __atomic_load_n(&kms_vm_state, __ATOMIC_ACQUIRE);
+    if (state == 0) {
+        char probe = 1, copy = 0;
+        struct iovec local = {&copy, 1}, remote = {&probe, 1};
+        state = 1;
+        if ((process_vm_readv(getpid(), &local, 1, &remote, 1, 0) != 1 ||
+             process_vm_writev(getpid(), &local, 1, &remote, 1, 0) != 1) &&
+            (errno == ENOSYS || errno == EPERM)) {
+            state = 2;
+            kms_log("process_vm_readv/writev are not allowed here: host pointers are not checked");
+        }
+        __atomic_store_n(&kms_vm_state, state, __ATOMIC_RELEASE);
+    }
+    return state == 1;
+}
+
+static int kms_vm_copy(void *ours, const void *theirs, size_t n, int out)
+{
+    struct iovec local, remote;
+    ssize_t done;
+    if (n == 0)
+        return 0;
+    if (theirs == NULL || ours == NULL)
+        return -1;
+    if (!kms_vm_usable()) {
+        if (out)
+            memcpy((void *)theirs, ours, n);
+        else
+            memcpy(ours, theirs, n);
+        return 0;
+    }
+    local.iov_base = ours;
+    local.iov_len = n;
+    remote.iov_base = (void *)theirs;
+    remote.iov_len = n;
+    /* One call: the kernel copies page by page and stops short at the first unmapped page. The
+       pid is asked every time (~50 ns): no cache can go stale through a fork that skips the
+       at-fork handlers. */
+    done = out ? process_vm_writev(getpid(), &local, 1, &remote, 1, 0)
+               : process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
+    return done == (ssize_t)n ? 0 : -1;
+}
+
+static int kms_copy_in(void *dst, const void *src, size_t n)
+{
+    return kms_vm_copy(dst, src, n, 0);
+}
+
+static int kms_copy_out(void *dst, const void *src, size_t n)
+{
+    return kms_vm_copy((void *)src, dst, n, 1);
 }
 
 /* The module's own threads (the KMS event loop and its I/O pool) call this first (through cffi). */
@@ -115,12 +189,24 @@ static void kms_after_fork_child(void)
     PyGILState_Release(kms_fork_gil);
 }
 
+/* 1 once the process has begun to exit (kms_at_exit ran). Python reads it (hostsafe.exiting):
+   from then on a C_Finalize only forgets the module's state, and no KMS call runs. */
+static int kms_exit_begun = 0;
+
+static int kms_exiting(void)
+{
+    return __atomic_load_n(&kms_exit_begun, __ATOMIC_ACQUIRE);
+}
+
 /* At exit, hold the GIL for good: no Python thread (the KMS event loop freeing a TLS connection)
    may run while the host's exit handlers tear OpenSSL down under it. atexit handlers run in
    reverse order, so this one, registered at the first call, runs before OpenSSL's cleanup. A
-   host's later C_Finalize from the exiting thread still works: the GIL is re-entrant there. */
+   host's later C_Finalize from the exiting thread still works: the GIL is re-entrant there, and
+   with kms_exit_begun set it neither waits (which would release the GIL) nor touches a socket
+   (docs/design.md, "Threads"). */
 static void kms_at_exit(void)
 {
+    __atomic_store_n(&kms_exit_begun, 1, __ATOMIC_RELEASE);
     if (Py_IsInitialized())
         (void)PyGILState_Ensure();
 }
@@ -245,28 +331,30 @@ static CK_INTERFACE kms_interfaces[] = {
 };
 #define KMS_INTERFACE_COUNT (sizeof(kms_interfaces) / sizeof(kms_interfaces[0]))
 
+/* The C-only entry points read and write the host's pointers with kms_copy_in/out too: a wild
+   one is CKR_ARGUMENTS_BAD, never a fault (docs/design.md, "Host pointers"). */
 KMS_EXPORT CK_RV C_GetFunctionList(CK_VOID_PTR_PTR ppFunctionList)
 {
-    if (ppFunctionList == NULL)
+    CK_VOID_PTR list = (CK_VOID_PTR)&kms_function_list_2_40;
+    if (kms_copy_out(ppFunctionList, &list, sizeof(list)) != 0)
         return 0x7UL; /* CKR_ARGUMENTS_BAD */
-    *ppFunctionList = (CK_VOID_PTR)&kms_function_list_2_40;
     return 0;
 }
 
 KMS_EXPORT CK_RV C_GetInterfaceList(CK_INTERFACE_PTR pInterfacesList, CK_ULONG_PTR pulCount)
 {
-    if (pulCount == NULL)
-        return 0x7UL; /* CKR_ARGUMENTS_BAD */
-    if (pInterfacesList == NULL) {
-        *pulCount = KMS_INTERFACE_COUNT;
-        return 0;
+    CK_ULONG count = KMS_INTERFACE_COUNT, capacity = 0;
+    if (pInterfacesList != NULL) {
+        if (kms_copy_in(&capacity, pulCount, sizeof(capacity)) != 0)
+            return 0x7UL; /* CKR_ARGUMENTS_BAD */
+        if (capacity >= count &&
+            kms_copy_out(pInterfacesList, kms_interfaces, sizeof(kms_interfaces)) != 0)
+            return 0x7UL;
     }
-    if (*pulCount < KMS_INTERFACE_COUNT) {
-        *pulCount = KMS_INTERFACE_COUNT;
+    if (kms_copy_out(pulCount, &count, sizeof(count)) != 0)
+        return 0x7UL;
+    if (pInterfacesList != NULL && capacity < count)
         return 0x150UL; /* CKR_BUFFER_TOO_SMALL */
-    }
-    memcpy(pInterfacesList, kms_interfaces, sizeof(kms_interfaces));
-    *pulCount = KMS_INTERFACE_COUNT;
     return 0;
 }
 
@@ -274,18 +362,28 @@ KMS_EXPORT CK_RV C_GetInterface(CK_UTF8CHAR_PTR pInterfaceName, CK_VERSION_PTR p
                                 CK_INTERFACE_PTR_PTR ppInterface, CK_FLAGS flags)
 {
     size_t i;
+    char name[64];
+    CK_VERSION version;
+    CK_INTERFACE_PTR found;
     if (ppInterface == NULL)
         return 0x7UL; /* CKR_ARGUMENTS_BAD */
+    /* unreadable, or longer than any name we have: no such interface either way */
+    if (pInterfaceName != NULL && kms_read_c_string(pInterfaceName, name, sizeof(name)) < 0)
+        return 0x7UL;
+    if (pVersion != NULL && kms_copy_in(&version, pVersion, sizeof(version)) != 0)
+        return 0x7UL;
     for (i = 0; i < KMS_INTERFACE_COUNT; i++) {
         CK_VERSION *v = (CK_VERSION *)kms_interfaces[i].pFunctionList;
         if (pInterfaceName != NULL &&
-            strcmp((const char *)pInterfaceName, (const char *)kms_interfaces[i].pInterfaceName) != 0)
+            strcmp(name, (const char *)kms_interfaces[i].pInterfaceName) != 0)
             continue;
-        if (pVersion != NULL && (pVersion->major != v->major || pVersion->minor != v->minor))
+        if (pVersion != NULL && (version.major != v->major || version.minor != v->minor))
             continue;
         if ((kms_interfaces[i].flags & flags) != flags)
             continue;
-        *ppInterface = &kms_interfaces[i];
+        found = &kms_interfaces[i];
+        if (kms_copy_out(ppInterface, &found, sizeof(found)) != 0)
+            return 0x7UL;
         return 0;
     }
     return 0x7UL; /* CKR_ARGUMENTS_BAD: no such interface */

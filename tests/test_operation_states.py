@@ -147,19 +147,26 @@ def test_kms_failure_ends_the_operation_with_device_error(raw, s, faults):
     assert lib.C_Sign(s, digest, 48, buf, n) == CKR.OPERATION_NOT_INITIALIZED
 
 
+# C_Sign may not return key errors (they belong to C_SignInit, §5.11): a key KMS refuses at Sign
+# time is CKR_FUNCTION_FAILED, and ulDeviceError names the KMS error (kms/errors.py ERROR_TABLE).
 @pytest.mark.parametrize("code, rv", [
     ("ThrottlingException", CKR.DEVICE_ERROR),
-    ("DisabledException", CKR.KEY_FUNCTION_NOT_PERMITTED),
-    ("NotFoundException", CKR.KEY_HANDLE_INVALID),
-    ("AccessDeniedException", CKR.KEY_FUNCTION_NOT_PERMITTED),
+    ("DisabledException", CKR.FUNCTION_FAILED),
+    ("NotFoundException", CKR.FUNCTION_FAILED),
+    ("AccessDeniedException", CKR.FUNCTION_FAILED),
 ])
 def test_kms_error_codes_map_to_ck_rv(raw, s, faults, code, rv):
+    from pkcs11_kms.kms.errors import ERROR_TABLE
+
     ffi, lib = raw
     k = key(raw, s, "rsa")
     faults.set_faults(error_code=code, operations=["Sign"])
     assert lib.C_SignInit(s, mech(raw, CKM.SHA256_RSA_PKCS), k) == CKR.OK
     buf, n = ffi.new("unsigned char[256]"), ffi.new("CK_ULONG *", 256)
     assert lib.C_Sign(s, MESSAGE, len(MESSAGE), buf, n) == rv
+    info = ffi.new("CK_SESSION_INFO *")
+    assert lib.C_GetSessionInfo(s, info) == CKR.OK
+    assert info.ulDeviceError == ERROR_TABLE[code][1]
 
 
 def test_operation_active_and_null_mechanism_cancels(raw, s):
@@ -301,10 +308,13 @@ def test_oaep_input_is_capped(raw, s):
     k = key(raw, s, "oaep")
     params = ffi.new("CK_RSA_PKCS_OAEP_PARAMS *", [CKM.SHA256, CKG.MGF1_SHA256, 0, ffi.NULL, 0])
     assert lib.C_DecryptInit(s, mech(raw, CKM.RSA_PKCS_OAEP, params), k) == CKR.OK
-    size, n = 256, ffi.new("CK_ULONG *")  # RSA-2048: a ciphertext is 256 bytes
-    assert lib.C_DecryptUpdate(s, b"\x01" * size, size, ffi.NULL, n) == CKR.OK
-    assert lib.C_DecryptUpdate(s, b"\x01", 1, ffi.NULL, n) == CKR.ENCRYPTED_DATA_LEN_RANGE
-    assert lib.C_DecryptUpdate(s, b"\x01", 1, ffi.NULL, n) == CKR.OPERATION_NOT_INITIALIZED
+    size = 256  # RSA-2048: a ciphertext is 256 bytes
+    out, n = ffi.new("unsigned char[512]"), ffi.new("CK_ULONG *", 512)
+    assert lib.C_DecryptUpdate(s, b"\x01" * size, size, out, n) == CKR.OK and n[0] == 0
+    n[0] = 512
+    assert lib.C_DecryptUpdate(s, b"\x01", 1, out, n) == CKR.ENCRYPTED_DATA_LEN_RANGE
+    n[0] = 512
+    assert lib.C_DecryptUpdate(s, b"\x01", 1, out, n) == CKR.OPERATION_NOT_INITIALIZED
 
 
 def test_copies_made_on_every_use_leave_nothing_behind(raw, s):

@@ -8,7 +8,9 @@ from _kms_pkcs11 import ffi, lib
 
 from .. import hostsafe, mechanisms  # noqa: F401 - mechanisms: registers them
 from ..ck import CKR
+from ..core import returns
 from ..core.module import module
+from ..core.session import session
 from ..errors import PKCS11Error
 from . import crypto, functions
 
@@ -29,19 +31,59 @@ def _not_supported(*_args: object) -> CKR:
     return CKR.FUNCTION_NOT_SUPPORTED  # after the callback's CKR_CRYPTOKI_NOT_INITIALIZED check
 
 
+def _fit(name: str, rv: int) -> int:
+    """Only codes the spec allows `name` reach the host (core/returns.py has the one rule)."""
+    fitted = returns.fit(name, rv)
+    if fitted != rv:
+        log.debug("%s: %s returned as %s", name, _rv_name(rv), _rv_name(fitted))
+    return fitted
+
+
+def _rv_name(rv: int) -> str:
+    try:
+        return "CKR_" + CKR(rv).name
+    except ValueError:
+        return hex(rv)
+
+
+def _device_error(e: BaseException) -> int:
+    """The KMS error number behind a failure (kms/errors.py ERROR_TABLE), 0 when none."""
+    for cause in (e, e.__cause__, e.__context__):
+        number = getattr(cause, "device_error", 0)
+        if number:
+            return int(number)
+    return 0
+
+
 def _guarded(name: str):  # type: ignore[no-untyped-def]
+    """Order in every function (docs/design.md, "Return codes"): initialised, then the session
+    handle (before any host pointer is read), then the arguments."""
+    takes_session = name not in returns.SESSIONLESS
+    keeps_device_error = name == "C_GetSessionInfo"
+
     def callback(*args):  # type: ignore[no-untyped-def]
         previous = None
+        s = None
         try:
             previous = hostsafe.enter()  # this thread's OpenSSL default: ours, until we return
             if name != "C_Initialize":
                 module()  # CKR_CRYPTOKI_NOT_INITIALIZED before any pointer is read
-            rv = IMPLEMENTATIONS.get(name, _not_supported)(*args)
-            return CKR.OK if rv is None else int(rv)
+            implementation = IMPLEMENTATIONS.get(name, _not_supported)
+            if takes_session and implementation is not _not_supported:
+                s = session(args[0])
+                if not keeps_device_error:
+                    s.device_error = 0  # ulDeviceError tells of the last call in the session
+            rv = implementation(*args)
+            return CKR.OK if rv is None else _fit(name, int(rv))
         except PKCS11Error as e:
             if e.why:
                 log.debug("%s: %s", name, e)
-            return int(e.rv)
+            if s is not None:
+                s.device_error = _device_error(e)
+            return _fit(name, int(e.rv))
+        except MemoryError:
+            log.error("%s: out of memory", name)
+            return int(CKR.HOST_MEMORY)
         except BaseException:  # noqa: BLE001 - SystemExit and KeyboardInterrupt too: never CKR_OK
             log.exception("%s failed", name)
             return int(CKR.GENERAL_ERROR)
@@ -64,3 +106,4 @@ def attach_all() -> list[str]:
 
 ATTACHED = attach_all()
 hostsafe.add_thread_hook(lib.kms_mark_module_thread)  # calls from our threads are refused in C
+hostsafe.add_exit_flag(lib.kms_exiting)  # set by the C exit handler: no KMS work then

@@ -8,12 +8,19 @@ from ..ck import CK_EFFECTIVELY_INFINITE, CK_UNAVAILABLE_INFORMATION, CKR
 from ..core import access, module, session, slots
 from ..errors import PKCS11Error
 from .marshal import (
+    MAX_HANDLES,
     NULL,
+    ULONG_SIZE,
+    copy_out,
     fill_attributes,
+    read_struct,
     read_template,
+    read_template_array,
     require,
     set_text,
     set_version,
+    write_struct,
+    write_ulong,
     write_ulongs,
 )
 
@@ -25,7 +32,7 @@ _RESERVED_MAX = 4096  # a config file path
 def C_Initialize(pInitArgs):  # type: ignore[no-untyped-def]
     if pInitArgs == NULL:
         return module.initialize(module.InitArgs())
-    args = ffi.cast("CK_C_INITIALIZE_ARGS *", pInitArgs)
+    args = read_struct(ffi.cast("CK_C_INITIALIZE_ARGS *", pInitArgs), "CK_C_INITIALIZE_ARGS")
     callbacks = sum(
         f != NULL for f in (args.CreateMutex, args.DestroyMutex, args.LockMutex, args.UnlockMutex)
     )
@@ -47,12 +54,13 @@ def C_Finalize(pReserved):  # type: ignore[no-untyped-def]
 
 def C_GetInfo(pInfo):  # type: ignore[no-untyped-def]
     info = module.get_info()
-    require(pInfo)
-    set_version(pInfo.cryptokiVersion, info.cryptoki_version)
-    set_text(pInfo.manufacturerID, info.manufacturer, 32)
-    pInfo.flags = info.flags
-    set_text(pInfo.libraryDescription, info.description, 32)
-    set_version(pInfo.libraryVersion, info.library_version)
+    out = ffi.new("CK_INFO *")
+    set_version(out.cryptokiVersion, info.cryptoki_version)
+    set_text(out.manufacturerID, info.manufacturer, 32)
+    out.flags = info.flags
+    set_text(out.libraryDescription, info.description, 32)
+    set_version(out.libraryVersion, info.library_version)
+    write_struct(pInfo, out)
 
 
 # ---- Slots and tokens (§5.5) ----
@@ -65,34 +73,37 @@ def C_GetSlotList(tokenPresent, pSlotList, pulCount):  # type: ignore[no-untyped
 
 def C_GetSlotInfo(slotID, pInfo):  # type: ignore[no-untyped-def]
     info = slots.get_slot_info(slotID)
-    require(pInfo)
-    set_text(pInfo.slotDescription, info.description, 64)
-    set_text(pInfo.manufacturerID, info.manufacturer, 32)
-    pInfo.flags = info.flags
-    set_version(pInfo.hardwareVersion, info.hardware_version)
-    set_version(pInfo.firmwareVersion, info.firmware_version)
+    out = ffi.new("CK_SLOT_INFO *")
+    set_text(out.slotDescription, info.description, 64)
+    set_text(out.manufacturerID, info.manufacturer, 32)
+    out.flags = info.flags
+    set_version(out.hardwareVersion, info.hardware_version)
+    set_version(out.firmwareVersion, info.firmware_version)
+    write_struct(pInfo, out)
 
 
 def C_GetTokenInfo(slotID, pInfo):  # type: ignore[no-untyped-def]
     info = slots.get_token_info(slotID)
     require(pInfo)
-    set_text(pInfo.label, info.label, 32)
-    set_text(pInfo.manufacturerID, info.manufacturer, 32)
-    set_text(pInfo.model, info.model, 16)
-    set_text(pInfo.serialNumber, info.serial, 16)
-    pInfo.flags = info.flags
-    pInfo.ulMaxSessionCount = CK_EFFECTIVELY_INFINITE
-    pInfo.ulSessionCount = info.session_count
-    pInfo.ulMaxRwSessionCount = CK_EFFECTIVELY_INFINITE
-    pInfo.ulRwSessionCount = info.rw_session_count
-    pInfo.ulMaxPinLen = info.max_pin_len
-    pInfo.ulMinPinLen = info.min_pin_len
+    out = ffi.new("CK_TOKEN_INFO *")
+    set_text(out.label, info.label, 32)
+    set_text(out.manufacturerID, info.manufacturer, 32)
+    set_text(out.model, info.model, 16)
+    set_text(out.serialNumber, info.serial, 16)
+    out.flags = info.flags
+    out.ulMaxSessionCount = CK_EFFECTIVELY_INFINITE
+    out.ulSessionCount = info.session_count
+    out.ulMaxRwSessionCount = CK_EFFECTIVELY_INFINITE
+    out.ulRwSessionCount = info.rw_session_count
+    out.ulMaxPinLen = info.max_pin_len
+    out.ulMinPinLen = info.min_pin_len
     for name in ("ulTotalPublicMemory", "ulFreePublicMemory", "ulTotalPrivateMemory",
                  "ulFreePrivateMemory"):
-        setattr(pInfo, name, CK_UNAVAILABLE_INFORMATION)
-    set_version(pInfo.hardwareVersion, info.hardware_version)
-    set_version(pInfo.firmwareVersion, info.firmware_version)
-    set_text(pInfo.utcTime, "", 16)  # no clock on the token
+        setattr(out, name, CK_UNAVAILABLE_INFORMATION)
+    set_version(out.hardwareVersion, info.hardware_version)
+    set_version(out.firmwareVersion, info.firmware_version)
+    set_text(out.utcTime, "", 16)  # no clock on the token
+    write_struct(pInfo, out)
 
 
 def C_GetMechanismList(slotID, pMechanismList, pulCount):  # type: ignore[no-untyped-def]
@@ -102,8 +113,7 @@ def C_GetMechanismList(slotID, pMechanismList, pulCount):  # type: ignore[no-unt
 
 def C_GetMechanismInfo(slotID, type, pInfo):  # type: ignore[no-untyped-def]  # noqa: A002
     low, high, flags = slots.get_mechanism_info(slotID, type)
-    require(pInfo)
-    pInfo.ulMinKeySize, pInfo.ulMaxKeySize, pInfo.flags = low, high, flags
+    write_struct(pInfo, ffi.new("CK_MECHANISM_INFO *", (low, high, flags)))
 
 
 # ---- Sessions (§5.6) ----
@@ -111,7 +121,12 @@ def C_GetMechanismInfo(slotID, type, pInfo):  # type: ignore[no-untyped-def]  # 
 
 def C_OpenSession(slotID, flags, pApplication, Notify, phSession):  # type: ignore[no-untyped-def]
     require(phSession)
-    phSession[0] = session.open_session(slotID, flags)
+    handle = session.open_session(slotID, flags)  # the handle is written only when it exists
+    try:
+        write_ulong(phSession, handle)
+    except PKCS11Error:
+        session.close_session(handle)
+        raise
 
 
 def C_CloseSession(hSession):  # type: ignore[no-untyped-def]
@@ -124,17 +139,21 @@ def C_CloseAllSessions(slotID):  # type: ignore[no-untyped-def]
 
 def C_GetSessionInfo(hSession, pInfo):  # type: ignore[no-untyped-def]
     info = session.get_session_info(hSession)
-    require(pInfo)
-    pInfo.slotID, pInfo.state, pInfo.flags, pInfo.ulDeviceError = (
-        info.slot_id, info.state, info.flags, info.device_error)
+    write_struct(pInfo, ffi.new("CK_SESSION_INFO *", (
+        info.slot_id, info.state, info.flags, info.device_error)))
 
 
 def C_Login(hSession, userType, pPin, ulPinLen):  # type: ignore[no-untyped-def]
     # Any PIN is accepted (KMS authorises with IAM): the PIN is never read, so never logged.
+    # NULL is for a protected authentication path, and only with no length (§5.6).
+    if pPin == NULL and ulPinLen:
+        raise PKCS11Error(CKR.ARGUMENTS_BAD, "NULL PIN with a length")
     session.login(hSession, userType)
 
 
 def C_LoginUser(hSession, userType, pPin, ulPinLen, pUsername, ulUsernameLen):  # type: ignore[no-untyped-def]
+    if pUsername == NULL and ulUsernameLen:
+        raise PKCS11Error(CKR.ARGUMENTS_BAD, "NULL user name with a length")
     C_Login(hSession, userType, pPin, ulPinLen)
 
 
@@ -153,10 +172,13 @@ def C_FindObjects(hSession, phObject, ulMaxObjectCount, pulObjectCount):  # type
     require(pulObjectCount)
     if ulMaxObjectCount:
         require(phObject)
-    found = access.find_objects(hSession, ulMaxObjectCount)
-    for i, h in enumerate(found):
-        phObject[i] = h
-    pulObjectCount[0] = len(found)
+
+    def deliver(found: list[int]) -> None:
+        if found:
+            copy_out(phObject, ffi.new("CK_OBJECT_HANDLE[]", found), len(found) * ULONG_SIZE)
+        write_ulong(pulObjectCount, len(found))
+
+    access.find_objects(hSession, min(ulMaxObjectCount, MAX_HANDLES), deliver)
 
 
 def C_FindObjectsFinal(hSession):  # type: ignore[no-untyped-def]
@@ -164,15 +186,22 @@ def C_FindObjectsFinal(hSession):  # type: ignore[no-untyped-def]
 
 
 def C_GetAttributeValue(hSession, hObject, pTemplate, ulCount):  # type: ignore[no-untyped-def]
-    if ulCount:
-        require(pTemplate)
-    types = [int(pTemplate[i].type) for i in range(ulCount)]
-    return fill_attributes(pTemplate, ulCount, access.attribute_values(hSession, hObject, types))
+    if ulCount == 0:
+        access.attribute_values(hSession, hObject, [])
+        return None
+    template = read_template_array(pTemplate, ulCount)
+    types = [int(a.type) for a in template]
+    return fill_attributes(pTemplate, template, access.attribute_values(hSession, hObject, types))
 
 
 def C_CopyObject(hSession, hObject, pTemplate, ulCount, phNewObject):  # type: ignore[no-untyped-def]
     require(phNewObject)
-    phNewObject[0] = access.copy_object(hSession, hObject, read_template(pTemplate, ulCount))
+    handle = access.copy_object(hSession, hObject, read_template(pTemplate, ulCount))
+    try:
+        write_ulong(phNewObject, handle)
+    except PKCS11Error:
+        access.discard_copy(hSession, handle)  # no copy the host cannot know of
+        raise
 
 
 def C_DestroyObject(hSession, hObject):  # type: ignore[no-untyped-def]
@@ -191,8 +220,7 @@ def C_CancelFunction(hSession):  # type: ignore[no-untyped-def]
 
 def C_GetObjectSize(hSession, hObject, pulSize):  # type: ignore[no-untyped-def]
     access.find_object(hSession, hObject)
-    require(pulSize)
-    pulSize[0] = CK_UNAVAILABLE_INFORMATION
+    write_ulong(pulSize, CK_UNAVAILABLE_INFORMATION)
 
 
 __all__ = [name for name in dir() if name.startswith("C_")]

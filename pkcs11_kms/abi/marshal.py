@@ -1,21 +1,92 @@
-"""Pointers to Python values and back: strings, lists, templates and the two-call length convention."""
+"""Host pointers to Python values and back: strings, lists, templates, the two-call convention.
+
+No host pointer is ever dereferenced here (docs/design.md, "Host pointers"): every read goes
+through kms_copy_in and every write through kms_copy_out (cdefs/shim.c), which answer -1 for an
+unreadable or unwritable address; that is CKR_ARGUMENTS_BAD. Structures are copied in, worked on
+as a local copy, and copied out. Lengths are capped before anything is allocated for them.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from _kms_pkcs11 import ffi
+from _kms_pkcs11 import ffi, lib
 
 from ..ck import CK_UNAVAILABLE_INFORMATION, CKR
 from ..errors import PKCS11Error
 
 NULL = ffi.NULL
 
+# The largest inputs one call takes (docs/design.md, "Host pointers"): larger lengths fail before
+# any allocation, with the function's length error.
+MAX_DATA = 64 * 1024 * 1024  # data to sign, verify, encrypt, decrypt or digest in one call
+MAX_ATTRIBUTE = 1024 * 1024  # one template value (a certificate is a few kB)
+MAX_TEMPLATE = 4096  # attributes in one template
+MAX_PARAMETER = 64 * 1024  # a mechanism parameter
+MAX_HANDLES = 1 << 20  # object handles asked for in one C_FindObjects
+
+ULONG_SIZE = ffi.sizeof("CK_ULONG")
+
+
+def bad(why: str) -> PKCS11Error:
+    return PKCS11Error(CKR.ARGUMENTS_BAD, why)
+
 
 def require(*pointers: object) -> None:
     """CKR_ARGUMENTS_BAD for a NULL where the spec requires a pointer."""
     if any(p == NULL for p in pointers):
-        raise PKCS11Error(CKR.ARGUMENTS_BAD, "a required pointer is NULL")
+        raise bad("a required pointer is NULL")
+
+
+def copy_in(local, pointer, size: int) -> None:  # type: ignore[no-untyped-def]
+    """Copies `size` bytes at the host's `pointer` into our `local` cdata."""
+    if size and lib.kms_copy_in(local, pointer, size) != 0:
+        raise bad("an input pointer is not readable")
+
+
+def copy_out(pointer, local, size: int) -> None:  # type: ignore[no-untyped-def]
+    """Copies `size` bytes of our `local` cdata (or bytes) to the host's `pointer`."""
+    if size and lib.kms_copy_out(pointer, local, size) != 0:
+        raise bad("an output pointer is not writable")
+
+
+def read_struct(pointer, ctype: str):  # type: ignore[no-untyped-def]
+    """A local copy of the `ctype` structure at `pointer` (a `ctype *`)."""
+    require(pointer)
+    local = ffi.new(ctype + " *")
+    copy_in(local, pointer, ffi.sizeof(ctype))
+    return local
+
+
+def write_struct(pointer, local) -> None:  # type: ignore[no-untyped-def]
+    require(pointer)
+    copy_out(pointer, local, ffi.sizeof(local[0]))
+
+
+def read_ulong(pointer) -> int:  # type: ignore[no-untyped-def]
+    return int(read_struct(pointer, "CK_ULONG")[0])
+
+
+def write_ulong(pointer, value: int) -> None:  # type: ignore[no-untyped-def]
+    require(pointer)
+    copy_out(pointer, ffi.new("CK_ULONG *", value), ULONG_SIZE)
+
+
+def read_bytes(pointer, length: int, limit: int = MAX_DATA,  # type: ignore[no-untyped-def]
+               too_long: CKR = CKR.DATA_LEN_RANGE) -> bytes:
+    if length == 0:
+        return b""
+    if length > limit:
+        raise PKCS11Error(too_long, f"{length} bytes, more than {limit}")
+    require(pointer)
+    local = ffi.new("char[]", length)
+    copy_in(local, pointer, length)
+    return ffi.unpack(local, length)
+
+
+def write_data(pointer, data: bytes) -> None:  # type: ignore[no-untyped-def]
+    if data:
+        copy_out(pointer, ffi.from_buffer(data), len(data))
 
 
 def blank_padded(text: str, size: int) -> bytes:
@@ -25,6 +96,7 @@ def blank_padded(text: str, size: int) -> bytes:
 
 
 def set_text(field, text: str, size: int) -> None:  # type: ignore[no-untyped-def]
+    """Fills a field of a local structure."""
     ffi.memmove(field, blank_padded(text, size), size)
 
 
@@ -32,23 +104,25 @@ def set_version(field, version: tuple[int, int]) -> None:  # type: ignore[no-unt
     field.major, field.minor = version
 
 
-def read_bytes(pointer, length: int) -> bytes:  # type: ignore[no-untyped-def]
-    if length == 0:
-        return b""
+def read_template_array(pointer, count: int):  # type: ignore[no-untyped-def]
+    """A local copy of `count` CK_ATTRIBUTEs (their values stay in the host)."""
+    if count > MAX_TEMPLATE:
+        raise bad(f"{count} attributes")
     require(pointer)
-    return bytes(ffi.buffer(pointer, length))
+    local = ffi.new("CK_ATTRIBUTE[]", count)
+    copy_in(local, pointer, ffi.sizeof(local))
+    return local
 
 
 def read_template(pointer, count: int) -> list[tuple[int, bytes]]:  # type: ignore[no-untyped-def]
     if count == 0:
         return []
-    require(pointer)
     out = []
-    for i in range(count):
-        a = pointer[i]
+    for a in read_template_array(pointer, count):
         if a.pValue == NULL and a.ulValueLen:
-            raise PKCS11Error(CKR.ARGUMENTS_BAD, "template attribute without a value")
-        out.append((int(a.type), read_bytes(a.pValue, a.ulValueLen)))
+            raise bad("template attribute without a value")
+        value = read_bytes(a.pValue, int(a.ulValueLen), MAX_ATTRIBUTE, CKR.ATTRIBUTE_VALUE_INVALID)
+        out.append((int(a.type), value))
     return out
 
 
@@ -56,45 +130,47 @@ def write_ulongs(values: Sequence[int], out, count_ptr) -> None:  # type: ignore
     """The two-call convention for CK_ULONG arrays (§5.2): NULL asks for the count."""
     require(count_ptr)
     n = len(values)
-    if out == NULL:
-        count_ptr[0] = n
-        return
-    if count_ptr[0] < n:
-        count_ptr[0] = n
-        raise PKCS11Error(CKR.BUFFER_TOO_SMALL)
-    for i, v in enumerate(values):
-        out[i] = v
-    count_ptr[0] = n
+    if out != NULL:
+        if read_ulong(count_ptr) < n:
+            write_ulong(count_ptr, n)
+            raise PKCS11Error(CKR.BUFFER_TOO_SMALL)
+        if n:
+            copy_out(out, ffi.new("CK_ULONG[]", list(values)), n * ULONG_SIZE)
+    write_ulong(count_ptr, n)
+
+
+def output_capacity(out, length_ptr) -> int | None:  # type: ignore[no-untyped-def]
+    """A producing call's buffer size; None when `out` is NULL (the caller asks for the length)."""
+    require(length_ptr)
+    return None if out == NULL else read_ulong(length_ptr)
 
 
 def write_bytes(data: bytes, out, length_ptr) -> None:  # type: ignore[no-untyped-def]
     """The two-call convention for byte outputs (§5.2)."""
-    require(length_ptr)
-    if out == NULL:
-        length_ptr[0] = len(data)
-        return
-    if length_ptr[0] < len(data):
-        length_ptr[0] = len(data)
-        raise PKCS11Error(CKR.BUFFER_TOO_SMALL)
-    ffi.memmove(out, data, len(data))
-    length_ptr[0] = len(data)
+    capacity = output_capacity(out, length_ptr)
+    if capacity is not None:
+        if capacity < len(data):
+            write_ulong(length_ptr, len(data))
+            raise PKCS11Error(CKR.BUFFER_TOO_SMALL)
+        write_data(out, data)
+    write_ulong(length_ptr, len(data))
 
 
-def fill_attributes(template, count: int, values: Sequence[bytes | CKR]) -> CKR:  # type: ignore[no-untyped-def]
-    """C_GetAttributeValue's five cases (§5.7): every attribute is processed, even after a failure."""
+def fill_attributes(pointer, template, values: Sequence[bytes | CKR]) -> CKR:  # type: ignore[no-untyped-def]
+    """C_GetAttributeValue's five cases (§5.7) on the local `template`, copied back to `pointer`:
+    every attribute is processed, even after a failure."""
     rv = CKR.OK
-    for i in range(count):
-        a = template[i]
-        value = values[i]
+    for a, value in zip(template, values):
         if isinstance(value, CKR):
             a.ulValueLen = CK_UNAVAILABLE_INFORMATION
             rv = value
         elif a.pValue == NULL:
             a.ulValueLen = len(value)
         elif a.ulValueLen >= len(value):
-            ffi.memmove(a.pValue, value, len(value))
+            write_data(a.pValue, value)
             a.ulValueLen = len(value)
         else:
             a.ulValueLen = CK_UNAVAILABLE_INFORMATION
             rv = CKR.BUFFER_TOO_SMALL
+    copy_out(pointer, template, ffi.sizeof(template))
     return rv

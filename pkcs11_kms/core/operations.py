@@ -13,11 +13,10 @@ from typing import Protocol
 
 from ..ck import CKF, CKO, CKR
 from ..errors import PKCS11Error
-from ..kms import backend_for
 from ..kms.backend import KmsBackend
 from . import mechanisms
 from .access import find_object
-from .objects import KmsKey
+from .objects import KmsKey, TokenObject
 from .session import Session, session
 
 SIGN, VERIFY, ENCRYPT, DECRYPT, DIGEST = "sign", "verify", "encrypt", "decrypt", "digest"
@@ -90,7 +89,7 @@ def digest_key(session_handle: int, key_handle: int) -> None:
     """C_DigestKey: only secret keys can be digested, and KMS private key material never leaves."""
     s = session(session_handle)
     _active(s, DIGEST)
-    _guarded(s, DIGEST, lambda: find_object(session_handle, key_handle))
+    _guarded(s, DIGEST, lambda: _key_object(s, key_handle))
     del s.operations[DIGEST]
     raise PKCS11Error(CKR.KEY_INDIGESTIBLE, "KMS keys cannot be digested")
 
@@ -123,17 +122,25 @@ def init(kind: str, session_handle: int, args, key_handle: int) -> None:  # type
     if not mechanisms.applies(mechanism, key.spec, key.usage):
         raise PKCS11Error(CKR.KEY_FUNCTION_NOT_PERMITTED, f"{mechanism.mechanism.name} on {key.usage}")
     config = s.token.config
-    use = KeyUse(key, backend_for(config.connection), config.public_key_operations == "kms")
+    use = KeyUse(key, s.token.backend, config.public_key_operations == "kms")
     s.operations[kind] = Active(mechanism.start(kind, use, args))
 
 
-def _usable_key(s: Session, kind: str, handle: int) -> KmsKey:
+def _key_object(s: Session, handle: int) -> TokenObject:
+    """The key a handle names; any other handle is CKR_KEY_HANDLE_INVALID, never
+    CKR_OBJECT_HANDLE_INVALID (§5.8.1, §5.12.4: the key functions' return values)."""
     try:
         obj = find_object(s.handle, handle)
     except PKCS11Error:
         raise PKCS11Error(CKR.KEY_HANDLE_INVALID, f"no key {handle}") from None
     if obj.key is None:
         raise PKCS11Error(CKR.KEY_HANDLE_INVALID, f"object {handle} is not a key")
+    return obj
+
+
+def _usable_key(s: Session, kind: str, handle: int) -> KmsKey:
+    obj = _key_object(s, handle)
+    assert obj.key is not None
     _, classes, usage = KINDS[kind]
     if obj.object_class not in classes or obj.key.usage != usage:
         raise PKCS11Error(CKR.KEY_FUNCTION_NOT_PERMITTED, f"key {handle} cannot {kind}")

@@ -21,6 +21,9 @@ class Session:
     flags: int
     find: list[int] | None = None  # handles still to return while a search is active
     operations: dict[str, Any] = field(default_factory=dict)  # kind ("sign", ...) -> operation
+    # The KMS error number (kms/errors.py ERROR_TABLE) of the last call made in this session, 0
+    # when it did not fail on KMS; C_GetSessionInfo reports it (docs/design.md, "Device errors").
+    device_error: int = 0
 
     @property
     def state(self) -> CKS:
@@ -93,7 +96,7 @@ def close_all_sessions(slot_id: int) -> None:
 
 def get_session_info(handle: int) -> SessionInfo:
     s = session(handle)
-    return SessionInfo(s.token.slot_id, s.state, s.flags)
+    return SessionInfo(s.token.slot_id, s.state, s.flags, s.device_error)
 
 
 def login(handle: int, user_type: int) -> None:
@@ -108,8 +111,9 @@ def login(handle: int, user_type: int) -> None:
         raise PKCS11Error(CKR.SESSION_READ_ONLY_EXISTS if read_only else CKR.PIN_INCORRECT,
                           "this token has no security officer")
     if user_type == CKU.CONTEXT_SPECIFIC:
-        if not s.token.logged_in:
-            raise PKCS11Error(CKR.USER_NOT_LOGGED_IN)
+        # §5.6: it authenticates an operation; without one (or without a login) it is improper use.
+        if not s.operations or not s.token.logged_in:
+            raise PKCS11Error(CKR.OPERATION_NOT_INITIALIZED, "context-specific login out of context")
         return  # no key needs CKA_ALWAYS_AUTHENTICATE; accept it as a no-op
     if user_type != CKU.USER:
         raise PKCS11Error(CKR.USER_TYPE_INVALID, f"user type {user_type}")

@@ -51,8 +51,10 @@ EXPECTED = {
 
 
 def test_table_is_as_decided():
-    assert {code: rv for code, (rv, _) in ERROR_TABLE.items()} == EXPECTED
-    assert all(why for _, why in ERROR_TABLE.values())
+    assert {code: rv for code, (rv, _, _) in ERROR_TABLE.items()} == EXPECTED
+    assert all(why for _, _, why in ERROR_TABLE.values())
+    numbers = [number for _, number, _ in ERROR_TABLE.values()]
+    assert len(set(numbers)) == len(numbers) and all(0 < n < 500 for n in numbers)
 
 
 @pytest.mark.parametrize("code,rv", EXPECTED.items())
