@@ -1,8 +1,12 @@
-"""Benchmark: KMS calls from 8 C threads at once against one thread, with injected KMS latency.
+"""Benchmark: many C threads signing at once, with our own thread and without (threadless).
 
-Runs the C harness (tests/harness/p11harness.c) against the project's emulator with 50 ms of
-latency on GenerateRandom; the same 32 calls are made by 1 thread and by 8 threads, alternately,
-REPEAT times. Prints the medians and their ratio (DESIGN 3 measured 8x for 8 threads).
+Runs the C harness (tests/harness/p11harness.c, `sign-threads`) against the project's emulator
+with 20 ms of latency on Sign: 16 threads x 4 signatures, with CKF_OS_LOCKING_OK (the module's
+loop thread) and with CKF_LIBRARY_CANT_CREATE_OS_THREADS too (each calling thread drives a loop of
+its own), and 1 thread x 64 for reference; alternately, REPEAT times. Warm: each thread has
+signed once before the clock starts (threadless: each calling thread's loop has made its KMS
+client, ~35 ms of CPU per loop, once per process); cold: the clock starts with the first call.
+Prints the medians and the ratios threadless / threaded (1.0: as fast).
 
     .venv/bin/python bench/threads.py [REPEAT]
 """
@@ -20,19 +24,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from hosts import build_c_host  # noqa: E402
 from keyseed import seed_key, write_config  # noqa: E402
 
 from pkcs11_kms import module_path  # noqa: E402
 from pkcs11_kms.emulator.testing import DUMMY_AWS_ENV, EmulatorProcess  # noqa: E402
 
-CALLS = 32
-LATENCY_MS = 50
+THREADS, CALLS = 16, 4
+LATENCY_MS = 20
+THREADED, THREADLESS = "2", "3"  # CKF_OS_LOCKING_OK, | CKF_LIBRARY_CANT_CREATE_OS_THREADS
 
 
-def elapsed_ms(harness: str, env: dict[str, str], threads: int) -> int:
-    out = subprocess.run([harness, str(module_path()), "threads", str(threads), str(CALLS // threads)],
-                         env=env, capture_output=True, text=True, timeout=300, check=True).stdout
-    m = re.search(rf"calls_ok={CALLS} of {CALLS} elapsed_ms=(\d+)", out)
+def elapsed_ms(harness: str, env: dict[str, str], flags: str, threads: int, calls: int,
+               warm: int = 1) -> int:
+    out = subprocess.run([harness, str(module_path()), "sign-threads", flags, str(threads),
+                          str(calls), os.devnull, str(warm)], env=env, capture_output=True,
+                         text=True, timeout=300, check=True).stdout
+    total = threads * calls
+    m = re.search(rf"sign-threads ok={total} of {total} errors=0 \S+ elapsed_ms=(\d+)", out)
     if not m:
         raise SystemExit(f"harness failed: {out}")
     return int(m.group(1))
@@ -41,23 +50,30 @@ def elapsed_ms(harness: str, env: dict[str, str], threads: int) -> int:
 def main() -> None:
     repeat = int(sys.argv[1]) if len(sys.argv) > 1 else 5
     with tempfile.TemporaryDirectory() as tmp, EmulatorProcess() as kms:
-        harness = str(Path(tmp) / "p11harness")
-        subprocess.run(["cc", "-O2", "-o", harness, str(ROOT / "tests/harness/p11harness.c"),
-                        "-ldl", "-lpthread"], check=True)
-        seed_key(kms.client(), "bench", "ECC_NIST_P256", "SIGN_VERIFY")
+        harness = build_c_host("p11harness", Path(tmp))
+        key = seed_key(kms.client(), None, "ECC_NIST_P256", "SIGN_VERIFY")
         config = write_config(Path(tmp) / "config.toml", kms,
-                              '[[token]]\nlabel = "bench"\nkeys = ["alias/bench"]\n')
+                              f'[[token]]\nlabel = "bench"\nkeys = ["{key.arn}"]\n')
         env = {**os.environ, **DUMMY_AWS_ENV, "PKCS11_KMS_CONFIG": config}
-        kms.set_faults(latency_ms=LATENCY_MS, operations=["GenerateRandom"])
-        one, eight = [], []
+        kms.set_faults(latency_ms=LATENCY_MS, operations=["Sign"])
+        runs: dict[str, list[int]] = {}
         for _ in range(repeat):
-            one.append(elapsed_ms(harness, env, 1))
-            eight.append(elapsed_ms(harness, env, 8))
-    m1, m8 = statistics.median(one), statistics.median(eight)
-    print(f"{CALLS} KMS calls, {LATENCY_MS} ms latency, median of {repeat}:")
-    print(f"  1 thread : {m1:.0f} ms")
-    print(f"  8 threads: {m8:.0f} ms")
-    print(f"  speed-up : {m1 / m8:.1f}x")
+            runs.setdefault("1 thread", []).append(
+                elapsed_ms(harness, env, THREADED, 1, THREADS * CALLS))
+            for warm in (1, 0):
+                for name, flags in (("threaded", THREADED), ("threadless", THREADLESS)):
+                    runs.setdefault(f"{name}, {'warm' if warm else 'cold'}", []).append(
+                        elapsed_ms(harness, env, flags, THREADS, CALLS, warm))
+        overlap = kms.faults()["stats"]["max_in_flight"]
+    median = {name: statistics.median(times) for name, times in runs.items()}
+    print(f"{THREADS * CALLS} signatures, {LATENCY_MS} ms latency per Sign, median of {repeat}:")
+    for name, ms in median.items():
+        label = name if name == "1 thread" else f"{THREADS} threads, {name}"
+        print(f"  {label:29}: {ms:5.0f} ms")
+    for state in ("warm", "cold"):
+        ratio = median[f"threadless, {state}"] / median[f"threaded, {state}"]
+        print(f"  threadless / threaded, {state}: {ratio:.2f}")
+    print(f"  most requests at KMS at once: {overlap}")
 
 
 if __name__ == "__main__":

@@ -15,15 +15,20 @@ must not load that configuration, nor reach the module through it:
   event-loop thread would wait for its own caller. A probe thread initialises OpenSSL as the
   module's TLS will (`openssl_ready`); until it has returned, KMS calls run on the caller's thread,
   where OpenSSL sees the recursion and does not wait.
+
+It also keeps the host's signals and exit the host's (docs/design.md, "Threads"): our threads
+start with every signal blocked, SIGPIPE from our sockets on a host's thread is consumed
+(`sigpipe_held`), and once the process is exiting the module does no KMS work (`exiting`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 log = logging.getLogger("pkcs11_kms")
 
@@ -149,8 +154,64 @@ def start_module_thread() -> None:
     enter()
 
 
+_thread_stop: list[Callable[[], None] | None] = []  # [] not looked up yet; [None] not there
+
+
+def stop_module_thread() -> None:
+    """Last thing in each of the module's own threads: OpenSSL frees the thread's state now, while
+    it is sure to be alive. Left to the thread-exit destructor, that could run after the host's
+    exit handlers tore OpenSSL down, and crash the host (docs/design.md, "Threads")."""
+    if not _thread_stop:
+        found: Callable[[], None] | None = None
+        try:
+            import _ssl
+            import ctypes
+
+            found = ctypes.CDLL(getattr(_ssl, "__file__", None)).OPENSSL_thread_stop  # 1.1.0+
+            found.restype = None  # type: ignore[attr-defined]
+            found.argtypes = []  # type: ignore[attr-defined]
+        except (AttributeError, ImportError, OSError):
+            pass
+        _thread_stop[:] = [found]
+    stop = _thread_stop[0]
+    if stop is not None:
+        stop()
+
+
 def is_module_thread() -> bool:
     return getattr(_ours, "module_thread", False)
+
+
+@contextlib.contextmanager
+def sigpipe_held() -> Iterator[None]:
+    """Around socket work on a host's thread (docs/design.md, "Threads"): SIGPIPE is blocked, and
+    one that this work raised is consumed, so a connection closed by KMS or a proxy cannot kill a
+    host that keeps SIGPIPE's default disposition. One that was pending before stays pending."""
+    import signal
+
+    pipe = signal.SIGPIPE
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, (pipe,))
+    pending_before = pipe in signal.sigpending()
+    try:
+        yield
+    finally:
+        if not pending_before and pipe in signal.sigpending():
+            signal.sigtimedwait((pipe,), 0)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+_exit_flags: list[Callable[[], int]] = []
+
+
+def add_exit_flag(flag: Callable[[], int]) -> None:
+    """`flag()` says whether the process has begun to exit (the C side sets one at exit)."""
+    _exit_flags.append(flag)
+
+
+def exiting() -> bool:
+    """Whether the process is exiting: then the module runs no loop, waits on nothing and closes
+    no socket (docs/design.md, "Threads"); a C_Finalize only forgets the module's state."""
+    return sys.is_finalizing() or any(flag() for flag in _exit_flags)
 
 
 class _Probe:
@@ -163,10 +224,13 @@ class _Probe:
 
     def run(self) -> None:
         start_module_thread()
-        context = _library_context()
-        if context is not None:
-            context.init_ssl(_INIT_OPTIONS, None)  # waits while another thread loads the config
-        self.done.set()
+        try:
+            context = _library_context()
+            if context is not None:
+                context.init_ssl(_INIT_OPTIONS, None)  # waits while another thread loads the config
+            self.done.set()
+        finally:
+            stop_module_thread()
 
 
 _probe = _Probe()
@@ -191,7 +255,8 @@ def openssl_ready() -> bool:
 
 
 def _after_fork_in_child() -> None:
-    global _probe
+    global _probe, _context, _context_lock
+    _context, _context_lock = None, threading.Lock()  # a dead thread may hold its OpenSSL locks
     if not _probe.done.is_set():  # its thread did not come along
         _probe = _Probe()
 

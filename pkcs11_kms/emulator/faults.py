@@ -117,7 +117,9 @@ class FaultInjector:
         self._settings = FaultSettings()
         self._random = random.Random()
         self._release = threading.Event()
-        self.stats = {"requests": 0, "delayed": 0, "errors": 0, "drops": 0, "hangs": 0}
+        self.stats = {"requests": 0, "delayed": 0, "errors": 0, "drops": 0, "hangs": 0,
+                      "max_in_flight": 0}  # most KMS requests being served at once
+        self._in_flight = 0
 
     @property
     def settings(self) -> FaultSettings:
@@ -160,6 +162,17 @@ class FaultInjector:
         operation = _operation(environ)
         if operation is None:
             return self.app(environ, start_response)
+        with self._lock:
+            self._in_flight += 1
+            self.stats["max_in_flight"] = max(self.stats["max_in_flight"], self._in_flight)
+        try:
+            return self._serve(environ, start_response, operation)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def _serve(self, environ: dict[str, Any], start_response: Callable[..., Any],
+               operation: str) -> Any:
         settings, delay, fault, release = self._draw(operation)
         if delay:
             time.sleep(delay)
