@@ -47,6 +47,7 @@ class TokenConfig:
     certificates: tuple[str, ...] = ()  # absolute paths of PEM files
     connection: Connection = field(default_factory=Connection)
     public_key_operations: str = "local"  # local | kms
+    refresh_interval: float = 300.0  # seconds before the keys are read again; 0: never
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,12 @@ def _url(value: str, base: Path) -> str:
 def _positive(value: float, base: Path) -> float:
     if not (math.isfinite(value) and value > 0):
         _fail(f"must be a number of seconds > 0, not {value!r}")
+    return float(value)
+
+
+def _interval(value: float, base: Path) -> float:
+    if not (math.isfinite(value) and value >= 0):
+        _fail(f"must be a number of seconds >= 0 (0: never), not {value!r}")
     return float(value)
 
 
@@ -219,6 +226,7 @@ _SETTINGS: dict[str, _Setting] = {
     "max_attempts": _Setting((int,), _C.max_attempts, BOTH, _at_least_one),
     "retry_mode": _Setting((str,), _C.retry_mode, BOTH, _one_of("standard", "adaptive", "legacy")),
     "public_key_operations": _Setting((str,), "local", BOTH, _one_of("local", "kms")),
+    "refresh_interval": _Setting((int, float), TokenConfig.refresh_interval, BOTH, _interval),
     "log_level": _Setting((str,), "warning", TOP, _one_of(*LOG_LEVELS)),
     "log_file": _Setting((str,), None, TOP, _path),
     "label": _Setting((str,), None, TOKEN, _label),
@@ -302,6 +310,7 @@ def _token(table: Mapping[str, Any], defaults: Mapping[str, Any], base: Path) ->
         certificates=v["certificates"],
         connection=Connection(**{name: v[name] for name in _CONNECTION}),
         public_key_operations=v["public_key_operations"],
+        refresh_interval=v["refresh_interval"],
     )
 
 

@@ -122,6 +122,13 @@ GOOD = [
         lambda c: token(c).keys == (KeyRef(KEY_ARN),),
     ),
     (
+        "refresh_interval: a default, a token's own, 0 for never",
+        'refresh_interval = 60\n[[token]]\nlabel = "a"\n'
+        '[[token]]\nlabel = "b"\nrefresh_interval = 0',
+        lambda c: [t.refresh_interval for t in c.tokens] == [60.0, 0.0],
+    ),
+    ("refresh_interval default", "", lambda c: token(c).refresh_interval == 300.0),
+    (
         "two per-key tokens without label",
         (
             '[[token]]\nalias_prefix = "alias/a"\ntoken_per_key = true\n'
@@ -194,6 +201,10 @@ BAD = [
     ('read_timeout = "5"', "read_timeout: must be an integer or a number, not a string"),
     ("connect_timeout = true", "must be an integer or a number, not true or false"),
     ("max_attempts = 0", "max_attempts: must be >= 1"),
+    ("refresh_interval = -1", "refresh_interval: must be a number of seconds >= 0 \\(0: never\\)"),
+    ("refresh_interval = inf", "refresh_interval: must be a number of seconds >= 0"),
+    ('refresh_interval = "5m"', "refresh_interval: must be an integer or a number, not a string"),
+    ("[[token]]\nrefresh_interval = nan", "refresh_interval: must be a number of seconds >= 0"),
     ("max_attempts = 2.5", "max_attempts: must be an integer, not a number"),
     ('retry_mode = "fast"', "retry_mode: 'fast' is not one of standard, adaptive, legacy"),
     ('log_level = "verbose"', "log_level: 'verbose' is not one of debug, info, warning, error"),

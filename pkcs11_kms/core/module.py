@@ -12,7 +12,7 @@ from .. import __version__
 from ..ck import CKF, CKR
 from ..config import Config, load_config
 from ..errors import ConfigError, PKCS11Error
-from ..kms import KmsError
+from ..kms import Backends, KmsError
 from .objects import renew_handle_lock
 from .token import Token, alias_label, discover, fit_label, is_alias
 
@@ -32,22 +32,39 @@ class InitArgs:
 
 
 class Module:
+    """What lives from C_Initialize to C_Finalize: config, tokens, sessions, and the KMS backends
+    with what they learned of the keys (docs/design.md, "Key changes")."""
+
     def __init__(self, config: Config, threads_allowed: bool) -> None:
         self.config = config
         self.threads_allowed = threads_allowed
         self.lock = threading.RLock()  # guards the dicts below; never held across a KMS call
         self.pid = os.getpid()
+        self.backends = Backends()  # one per Connection; C_Finalize drops them with the module
         self._tokens: list[Token] | None = None
+        self._build_lock = threading.Lock()  # one builder of the token list at a time
         self.sessions: dict[int, object] = {}
 
     def tokens(self) -> list[Token]:
-        """The tokens, built on first need: KMS is called only when a token has one per key."""
-        if self._tokens is None:
-            tokens = build_tokens(self.config)
-            with self.lock:
+        """The tokens, built on first need: KMS is called only when a token has one per key.
+        A failure is retried by the next call."""
+        tokens = self._tokens
+        if tokens is None:
+            with self._build_lock:  # not self.lock: building may call KMS
                 if self._tokens is None:
-                    self._tokens = tokens
-        return self._tokens
+                    built = build_tokens(self.config, self.backends)
+                    with self.lock:
+                        self._tokens = built
+                tokens = self._tokens
+        return tokens
+
+    def renew_locks(self) -> None:
+        """After fork, in the child: locks another thread held at fork() stay held for good."""
+        self.lock = threading.RLock()
+        self._build_lock = threading.Lock()
+        self.backends.renew_lock()
+        for token in self._tokens or []:
+            token.renew_lock()
 
     def token(self, slot_id: int) -> Token:
         tokens = self.tokens()
@@ -56,26 +73,33 @@ class Module:
         return tokens[slot_id]
 
 
-def build_tokens(config: Config) -> list[Token]:
+def build_tokens(config: Config, backends: Backends | None = None) -> list[Token]:
+    """The tokens of `config`; `backends` is the module's (a tool passes none: its own)."""
+    backend = backends or Backends()
     tokens: list[Token] = []
     for tc in config.tokens:
+        kms = backend(tc.connection)
         if not tc.token_per_key:
             region = tc.connection.region or "default region"
-            tokens.append(Token(len(tokens), tc, tc.label or fit_label(f"KMS {region}"), refs=tc.keys))
+            label = tc.label or fit_label(f"KMS {region}")
+            tokens.append(Token(len(tokens), tc, label, kms, refs=tc.keys))
             continue
         if tc.keys is not None:  # one token per named key, still without calling KMS
             for ref in tc.keys:
                 label = ref.label or (
                     alias_label(ref.key) if is_alias(ref.key) else ref.key.rsplit("/", 1)[-1]
                 )
-                tokens.append(Token(len(tokens), tc, label, refs=(ref,)))
+                tokens.append(Token(len(tokens), tc, label, kms, refs=(ref,)))
             continue
+        # One token per listed key: the slot list is fixed until C_Finalize; each token then
+        # reads its own key again (a new key needs C_Finalize + C_Initialize to get a slot).
         try:
-            keys = discover(tc)
+            keys = discover(tc, kms)
         except KmsError as e:
+            e.log()
             raise PKCS11Error(e.rv, f"listing keys for token {tc.label or ''}: {e}") from e
         for key in keys:
-            tokens.append(Token(len(tokens), tc, key.label, keys=[key]))
+            tokens.append(Token(len(tokens), tc, key.label, kms, keys=[key]))
     return tokens
 
 
@@ -91,9 +115,7 @@ def _fresh_locks_in_child() -> None:
     renew_handle_lock()
     m = _module
     if m is not None:
-        m.lock = threading.RLock()
-        for token in m._tokens or []:
-            token.renew_lock()
+        m.renew_locks()
 
 
 os.register_at_fork(after_in_child=_fresh_locks_in_child)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from ..ck import CKR
 from ..errors import PKCS11Error
-from ..kms import backend_for
 from .session import session
 
 KMS_MAX_RANDOM = 1024
@@ -12,7 +11,7 @@ KMS_MAX_RANDOM = 1024
 
 def generate_random(session_handle: int, length: int) -> bytes:
     s = session(session_handle)
-    backend = backend_for(s.token.config.connection)
+    backend = s.token.backend
     chunks = []
     remaining = length
     while remaining > 0:

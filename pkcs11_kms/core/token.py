@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from asn1crypto import keys as asn1keys
@@ -12,8 +14,8 @@ from asn1crypto import pem, x509
 
 from ..config import KeyRef, TokenConfig
 from ..errors import PKCS11Error
-from ..kms import KmsError, backend_for
-from ..kms.backend import KmsBackend, PublicKey
+from ..kms import KmsError
+from ..kms.backend import KeyMetadata, KmsBackend, PublicKey
 from .keyspecs import KEY_USAGES
 from .objects import KmsKey, TokenObject, certificate_object, key_id_bytes, key_objects, spec_of
 
@@ -36,9 +38,14 @@ def fit_label(text: str, size: int = 32) -> str:
     return text.encode("utf-8")[:size].decode("utf-8", "ignore")
 
 
+def supported(key_spec: str, key_usage: str) -> bool:
+    """Keys the token can expose: a key spec and usage of keyspecs.py."""
+    return spec_of(key_spec) is not None and key_usage in KEY_USAGES
+
+
 def usable(key_spec: str, key_usage: str, where: str) -> bool:
-    """Keys the token can expose; the others are skipped with one info line each."""
-    if spec_of(key_spec) is None or key_usage not in KEY_USAGES:
+    """supported(), with one info line when not (for the doctor)."""
+    if not supported(key_spec, key_usage):
         log.info("skipping %s: key spec %s / usage %s is not supported", where, key_spec, key_usage)
         return False
     return True
@@ -51,61 +58,97 @@ def kms_key(public: PublicKey, label: str) -> KmsKey:
                   key_id_bytes(public.key_id))
 
 
-def named_keys(backend: KmsBackend, refs: tuple[KeyRef, ...]) -> list[KmsKey]:
-    """Keys named in the config: GetPublicKey only (no List* permission needed)."""
+# Keys left out, and why: where (key as named, or its ARN) -> (log level, reason).
+Skipped = dict[str, tuple[int, str]]
+_QUIET_REFUSALS = ("DisabledException", "KMSInvalidStateException")  # a state someone chose
+
+
+def _refused(skipped: Skipped, where: str, error: KmsError) -> None:
+    level = logging.INFO if error.code in _QUIET_REFUSALS else logging.WARNING
+    skipped[where] = (level, f"KMS {error.operation}: {error.code}")
+
+
+def _unsupported(skipped: Skipped, where: str, key_spec: str, key_usage: str) -> None:
+    skipped[where] = (logging.INFO, f"key spec {key_spec} / usage {key_usage} is not supported")
+
+
+def log_skipped(skipped: Skipped, before: Skipped | None = None) -> None:
+    """One line per key left out, unless it was left out for the same reason before."""
+    for where, (level, why) in skipped.items():
+        if before is None or before.get(where) != (level, why):
+            log.log(level, "skipping %s: %s", where, why)
+
+
+def named_keys(backend: KmsBackend, refs: tuple[KeyRef, ...], skipped: Skipped | None = None
+               ) -> list[KmsKey]:
+    """Keys named in the config: GetPublicKey only (no List* permission needed), concurrently.
+    A key KMS refuses is left out; a device failure raises KmsError (not logged)."""
     found = []
-    for ref in refs:
-        try:
-            public = backend.get_public_key(ref.key)
-        except KmsError as e:
-            if e.code in ("DisabledException", "KMSInvalidStateException", "NotFoundException"):
-                level = logging.WARNING if e.code == "NotFoundException" else logging.INFO
-                log.log(level, "skipping %s: %s", ref.key, e.code)
-                continue
-            raise
-        if not usable(public.key_spec, public.key_usage, ref.key):
-            continue
-        label = ref.label or (alias_label(ref.key) if is_alias(ref.key) else public.key_id)
-        found.append(kms_key(public, label))
+    left_out: Skipped = {} if skipped is None else skipped
+    for ref, answer in zip(refs, backend.public_keys([ref.key for ref in refs]), strict=True):
+        if isinstance(answer, KmsError):
+            _refused(left_out, ref.key, answer)
+        elif not supported(answer.key_spec, answer.key_usage):
+            _unsupported(left_out, ref.key, answer.key_spec, answer.key_usage)
+        else:
+            label = ref.label or (alias_label(ref.key) if is_alias(ref.key) else answer.key_id)
+            found.append(kms_key(answer, label))
+    if skipped is None:
+        log_skipped(left_out)
     return found
 
 
-def listed_keys(backend: KmsBackend, config: TokenConfig) -> list[KmsKey]:
-    """Every usable key of the account and region, narrowed by alias prefix and tags."""
+def listed_keys(backend: KmsBackend, config: TokenConfig, skipped: Skipped | None = None
+                ) -> list[KmsKey]:
+    """Every usable key of the account and region, narrowed by alias prefix and tags: the lists,
+    then DescribeKey, ListResourceTags and GetPublicKey of each key concurrently (kms/aws.py).
+    A key KMS refuses is left out; a device failure raises KmsError (not logged)."""
+    key_ids, alias_list = backend.inventory()
     aliases: dict[str, list[str]] = {}
-    for alias in backend.list_aliases():
+    for alias in alias_list:
         if alias.target_key_id:
             aliases.setdefault(alias.target_key_id, []).append(alias.name)
     prefix = config.alias_prefix
     if prefix and not prefix.startswith("alias/"):
         prefix = "alias/" + prefix
-    wanted_tags = dict(config.tags or {})
-    found = []
-    for key_id in backend.list_keys():
+    candidates: list[tuple[str, list[str]]] = []
+    for key_id in key_ids:
         names = sorted(aliases.get(key_id, []))
         if prefix:
             names = [n for n in names if n.startswith(prefix)]
             if not names:
                 continue
-        meta = backend.describe_key(key_id)
-        if meta.key_state != "Enabled":
-            log.info("skipping %s: state %s", meta.arn, meta.key_state)
-            continue
-        if not usable(meta.key_spec, meta.key_usage, meta.arn):
-            continue
-        if wanted_tags:
-            tags = backend.list_resource_tags(key_id)
-            if any(tags.get(k) != v for k, v in wanted_tags.items()):
-                continue
-        public = backend.get_public_key(meta.arn)
-        if usable(public.key_spec, public.key_usage, meta.arn):
-            label = alias_label(names[0]) if names else public.key_id
-            found.append(kms_key(public, label))
+        candidates.append((key_id, names))
+    wanted_tags = dict(config.tags or {})
+
+    def wanted(meta: KeyMetadata, tags: Mapping[str, str] | None) -> bool:
+        if meta.key_state != "Enabled" or not supported(meta.key_spec, meta.key_usage):
+            return False
+        return tags is None or all(tags.get(k) == v for k, v in wanted_tags.items())
+
+    reads = backend.read_keys([key_id for key_id, _ in candidates], wanted, bool(wanted_tags))
+    found = []
+    left_out: Skipped = {} if skipped is None else skipped
+    for (key_id, names), read in zip(candidates, reads, strict=True):
+        meta, public = read.metadata, read.public_key
+        if read.error is not None:
+            _refused(left_out, key_id, read.error)
+        elif meta is not None and meta.key_state != "Enabled":
+            left_out[meta.arn] = (logging.INFO, f"state {meta.key_state}")
+        elif meta is not None and not supported(meta.key_spec, meta.key_usage):
+            _unsupported(left_out, meta.arn, meta.key_spec, meta.key_usage)
+        elif public is None:
+            continue  # its tags do not match
+        elif not supported(public.key_spec, public.key_usage):
+            _unsupported(left_out, public.arn or key_id, public.key_spec, public.key_usage)
+        else:
+            found.append(kms_key(public, alias_label(names[0]) if names else public.key_id))
+    if skipped is None:
+        log_skipped(left_out)
     return found
 
 
-def discover(config: TokenConfig) -> list[KmsKey]:
-    backend = backend_for(config.connection)
+def discover(config: TokenConfig, backend: KmsBackend) -> list[KmsKey]:
     if config.keys is not None:
         return named_keys(backend, config.keys)
     return listed_keys(backend, config)
@@ -144,16 +187,23 @@ def _spki_key(der: bytes) -> bytes:
 
 
 class Token:
-    """One slot's token. Objects load on first need; a failure is retried on the next call."""
+    """One slot's token. Objects load on first need (a failure is retried on the next call) and
+    are read again when older than refresh_interval (docs/design.md, "Key changes")."""
 
-    def __init__(self, slot_id: int, config: TokenConfig, label: str,
+    def __init__(self, slot_id: int, config: TokenConfig, label: str, backend: KmsBackend,
                  refs: tuple[KeyRef, ...] | None = None, keys: list[KmsKey] | None = None):
         self.slot_id = slot_id
         self.config = config
         self.label = fit_label(label)
+        self.backend = backend  # the module's, for this token's connection
+        # What to read again: the named keys, a listed key by its ARN, or (None) the listing.
         self._refs = refs
-        self._preloaded = keys
+        if keys is not None:
+            self._refs = tuple(KeyRef(k.arn or k.key_id, k.label) for k in keys)
+        self._preloaded = keys  # a listed key's first read was the listing itself
         self._objects: list[TokenObject] | None = None
+        self._loaded_at = 0.0  # time.monotonic() of the last read, good or failed
+        self._skipped: Skipped = {}
         self._load_lock = threading.Lock()
         identity = repr((config.connection, label, refs, [k.key_id for k in keys or []]))
         self.identity = ("token", identity)
@@ -170,10 +220,18 @@ class Token:
         return self.objects() + [o for _, o in list(self.session_objects.values())]
 
     def objects(self) -> list[TokenObject]:
-        if self._objects is None:
+        objects = self._objects
+        if objects is None:
             with self._load_lock:  # one loader at a time; the module lock is never held here
                 if self._objects is None:
-                    self._objects = self._load()
+                    self._objects = self._first_read()
+                return self._objects
+        if self._stale() and self._load_lock.acquire(blocking=False):
+            try:  # one thread re-reads; the others go on with the objects they have meanwhile
+                if self._stale():
+                    self._refresh()
+            finally:
+                self._load_lock.release()
         return self._objects
 
     def keys(self) -> list[KmsKey]:
@@ -183,16 +241,43 @@ class Token:
                 seen[o.key.key_id] = o.key
         return list(seen.values())
 
-    def _load(self) -> list[TokenObject]:
+    def _stale(self) -> bool:
+        interval = self.config.refresh_interval
+        return bool(interval) and time.monotonic() - self._loaded_at >= interval
+
+    def _first_read(self) -> list[TokenObject]:
         try:
-            if self._preloaded is not None:
-                keys = self._preloaded
-            elif self._refs is not None:
-                keys = named_keys(backend_for(self.config.connection), self._refs)
-            else:
-                keys = discover(self.config)
+            return self._read()
         except KmsError as e:
-            raise PKCS11Error(e.rv, str(e)) from e
+            e.log()  # the batches log nothing themselves
+            raise
+
+    def _refresh(self) -> None:
+        """Keys still there keep their handles; a key gone (deleted, disabled, alias re-pointed)
+        takes its objects with it. A failure keeps the objects read before."""
+        try:
+            self._objects = self._read()
+        except Exception as e:  # KMS, or a certificate file replaced by garbage: same answer
+            self._loaded_at = time.monotonic()  # try again after another interval
+            why = e.why or e if isinstance(e, PKCS11Error) else f"{type(e).__name__}: {e}"
+            log.warning("token %r: keeping the keys read before, reading them again failed: %s",
+                        self.label, why)
+
+    def _read(self) -> list[TokenObject]:
+        skipped: Skipped = {}
+        if self._preloaded is not None:
+            keys, self._preloaded = self._preloaded, None
+        elif self._refs is not None:
+            keys = named_keys(self.backend, self._refs, skipped)
+        else:
+            keys = listed_keys(self.backend, self.config, skipped)
+        log_skipped(skipped, self._skipped)
+        self._skipped = skipped
+        objects = self._build(keys)
+        self._loaded_at = time.monotonic()
+        return objects
+
+    def _build(self, keys: list[KmsKey]) -> list[TokenObject]:
         by_key = {_spki_key(k.spki): k for k in keys}
         subjects: dict[str, bytes] = {}
         cert_objects: list[TokenObject] = []

@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import concurrent.futures
+import math
 import os
 import re
 import threading
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from . import loop
-from .backend import Alias, Connection, KeyMetadata, KmsBackend, PublicKey
-from .errors import KmsError, failure
+from .backend import (Alias, Connection, KeyMetadata, KeyRead, KmsBackend, PublicKey, Wanted,
+                      refuses_the_key)
+from .errors import ERROR_TABLE, KmsError, failure
 
 _BACKOFF_CAP = 20.0  # botocore's largest pause between two attempts
 _SLACK = 2.0  # seconds on top of the attempts' own timeouts: signing, scheduling, a slow host
 _SETUP_TIMEOUT = 30.0  # importing aiobotocore and making a client (may resolve credentials)
-_POOL_CONNECTIONS = 32  # concurrent HTTPS connections per client: many C threads may sign at once
+# Concurrent HTTPS connections per client: in threaded mode one client serves every host thread
+# (64 signing at once must not queue for a connection); a threadless loop makes one call at a time.
+_POOL_CONNECTIONS = 128
 _DIGEST_LENGTHS = {"SHA_256": 32, "SHA_384": 48, "SHA_512": 64}
+_IN_FLIGHT = 16  # per-key requests a batch runs at once (docs/design.md, "Reading the keys")
+T = TypeVar("T")
+R = TypeVar("R")
 # A validation message may quote the value it refused: never log request data that way.
 _DATA_ECHO = re.compile(
     r"Value '[^']*' at '(message|plaintext|ciphertextBlob|signature)'", re.IGNORECASE
@@ -40,37 +48,21 @@ class AwsKms(KmsBackend):
         self.deadline = deadline_for(connection)
         self._client_key = ("kms-client", connection)
         self._ready_generation = -1  # the loop generation our client was made on
-        self._public_keys: dict[str, PublicKey] = {}  # key as asked -> GetPublicKey, on success
+        # Key as asked -> GetPublicKey, on success. It lives as long as this backend: the module's
+        # until C_Finalize. Batches fill it by key ARN (a key's public key never changes) and
+        # never read it by alias (an alias may be re-pointed).
+        self._public_keys: dict[str, PublicKey] = {}
 
     # -- the KmsBackend calls -----------------------------------------------------------------
 
     def describe_key(self, key: str) -> KeyMetadata:
-        meta = self._call("DescribeKey", key, KeyId=key)["KeyMetadata"]
-        return KeyMetadata(
-            key_id=meta["KeyId"],
-            arn=meta["Arn"],
-            key_spec=meta.get("KeySpec") or meta.get("CustomerMasterKeySpec", ""),
-            key_usage=meta.get("KeyUsage", ""),
-            key_state=meta.get("KeyState", ""),
-            description=meta.get("Description", ""),
-        )
+        return _metadata(self._call("DescribeKey", key, KeyId=key))
 
     def get_public_key(self, key: str) -> PublicKey:
         cached = self._public_keys.get(key)
         if cached is not None:
             return cached
-        answer = self._call("GetPublicKey", key, KeyId=key)
-        answered = answer["KeyId"]  # KMS answers with the key ARN here (moto: the bare id)
-        arn = answered if answered.startswith("arn:") else _key_arn(key)
-        public_key = PublicKey(
-            key_id=answered.rsplit(":key/", 1)[-1],
-            arn=arn,
-            der=answer["PublicKey"],
-            key_spec=answer.get("KeySpec") or answer.get("CustomerMasterKeySpec", ""),
-            key_usage=answer.get("KeyUsage", ""),
-            signing_algorithms=tuple(answer.get("SigningAlgorithms", ())),
-            encryption_algorithms=tuple(answer.get("EncryptionAlgorithms", ())),
-        )
+        public_key = _public_key(self._call("GetPublicKey", key, KeyId=key), key)
         self._public_keys[key] = public_key
         return public_key
 
@@ -132,6 +124,129 @@ class AwsKms(KmsBackend):
 
     def generate_random(self, length: int) -> bytes:
         return bytes(self._call("GenerateRandom", None, NumberOfBytes=length)["Plaintext"])
+
+    # -- batches: reading a token's keys (docs/design.md, "Reading the keys") -------------------
+
+    def inventory(self) -> tuple[list[str], list[Alias]]:
+        async def both() -> tuple[list[str], list[Alias]]:
+            import asyncio
+
+            async with asyncio.TaskGroup() as group:
+                keys = group.create_task(self._pages_async("ListKeys", None, "Keys", Limit=1000))
+                aliases = group.create_task(
+                    self._pages_async("ListAliases", None, "Aliases", Limit=100))
+            return (
+                [k["KeyId"] for k in keys.result()],
+                [Alias(a["AliasName"], a.get("AliasArn", ""), a.get("TargetKeyId"))
+                 for a in aliases.result()],
+            )
+
+        return self._batch("ListKeys", both(), 8 * _IN_FLIGHT)  # pages, one after another
+
+    def read_keys(self, keys: Sequence[str], wanted: Wanted, with_tags: bool = False
+                  ) -> list[KeyRead]:
+        async def one(key: str) -> KeyRead:
+            try:
+                meta = _metadata(await self._ask("DescribeKey", key, KeyId=key))
+                if not wanted(meta, None):
+                    return KeyRead(key, meta)
+                tags = None
+                if with_tags:
+                    listed = await self._pages_async("ListResourceTags", key, "Tags", KeyId=key)
+                    tags = {t["TagKey"]: t["TagValue"] for t in listed}
+                    if not wanted(meta, tags):
+                        return KeyRead(key, meta, tags)
+                public = self._public_keys.get(meta.arn)
+                if public is None:
+                    answer = await self._ask("GetPublicKey", meta.arn, KeyId=meta.arn)
+                    public = self._public_keys[meta.arn] = _public_key(answer, meta.arn)
+                return KeyRead(key, meta, tags, public)
+            except KmsError as e:
+                if not refuses_the_key(e):
+                    raise
+                return KeyRead(key, error=e)
+
+        return self._batch("DescribeKey", self._each(one, keys), 3 * len(keys))
+
+    def public_keys(self, keys: Sequence[str]) -> list[PublicKey | KmsError]:
+        async def one(key: str) -> PublicKey | KmsError:
+            try:
+                public = _public_key(await self._ask("GetPublicKey", key, KeyId=key), key)
+            except KmsError as e:
+                if not refuses_the_key(e):
+                    raise
+                return e
+            self._public_keys[public.arn] = public  # by ARN: an alias may be re-pointed
+            return public
+
+        return self._batch("GetPublicKey", self._each(one, keys), len(keys))
+
+    async def _each(self, one: Callable[[T], Awaitable[R]], items: Sequence[T]) -> list[R]:
+        """one(item) for every item, _IN_FLIGHT at a time; the first exception cancels the rest."""
+        import asyncio
+
+        if not items:
+            return []
+        results: list[Any] = [None] * len(items)
+        queue = iter(enumerate(items))
+
+        async def worker() -> None:
+            for i, item in queue:  # the workers share one iterator
+                results[i] = await one(item)
+
+        async with asyncio.TaskGroup() as group:
+            for _ in range(min(_IN_FLIGHT, len(items))):
+                group.create_task(worker())
+        return results
+
+    async def _ask(self, operation: str, key: str | None, **params: Any) -> dict[str, Any]:
+        """One request of a batch, within the per-call deadline; failures are not logged."""
+        import asyncio
+
+        try:
+            async with asyncio.timeout(self.deadline):
+                return await self._request(operation, params)
+        except Exception as exc:  # CancelledError (the batch ends) is not an Exception
+            raise _translate(exc, operation, key, log=False) from None
+
+    async def _pages_async(self, operation: str, key: str | None, field: str, **params: Any
+                           ) -> list[Any]:
+        items: list[Any] = []
+        marker = None
+        while True:
+            more = {"Marker": marker} if marker else {}
+            page = await self._ask(operation, key, **params, **more)
+            items.extend(page.get(field, ()))
+            marker = page.get("NextMarker")
+            if not page.get("Truncated") or not marker:
+                return items
+
+    def _batch(self, operation: str, work: Any, requests: int) -> Any:
+        """Run a batch coroutine on the KMS loop with one loop.run(): the client's setup, then
+        every round of _IN_FLIGHT requests, each within its own per-call deadline. Raises an
+        unlogged KmsError."""
+        rounds = 1 + math.ceil(requests / _IN_FLIGHT)
+
+        async def with_client() -> Any:
+            import asyncio
+
+            try:
+                async with asyncio.timeout(_SETUP_TIMEOUT):
+                    await self._client()
+            except BaseException:
+                work.close()
+                raise
+            return await work
+
+        try:
+            return loop.run(with_client(), _SETUP_TIMEOUT + rounds * self.deadline)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:
+            work.close()  # loop.run may have refused to start with_client (at exit, re-entry)
+            while isinstance(exc, BaseExceptionGroup) and exc.exceptions:  # from a TaskGroup
+                exc = exc.exceptions[0]
+            raise _translate(exc, operation, None, log=False) from None
 
     # -- doctor: may we use this key? (DryRun: KMS checks permission and state, does nothing) --
 
@@ -214,7 +329,6 @@ class AwsKms(KmsBackend):
 
     async def _make_client(self) -> Any:
         from aiobotocore.config import AioConfig
-        from aiobotocore.session import AioSession
 
         from .. import __version__
 
@@ -225,11 +339,12 @@ class AwsKms(KmsBackend):
             retries={"total_max_attempts": c.max_attempts, "mode": c.retry_mode},
             max_pool_connections=_POOL_CONNECTIONS,
             user_agent_extra=f"pkcs11-kms/{__version__}",
+            http_session_cls=_http_session_class(),
         )
         # As in the AWS CLI, AWS_REGION wins over AWS_DEFAULT_REGION (botocore reads only the
         # latter, and the profile's region); AWS_PROFILE and AWS_ENDPOINT_URL_KMS botocore reads.
         region = c.region or os.environ.get("AWS_REGION") or None
-        context = AioSession(profile=c.profile).create_client(
+        context = _session(c.profile).create_client(
             "kms",
             region_name=region,
             endpoint_url=c.endpoint_url,
@@ -241,8 +356,87 @@ class AwsKms(KmsBackend):
         return client
 
 
+# Per profile: botocore's event handlers and data loader, made once. Each loop of the threadless
+# pool has a client (and session) of its own: a copy of the handlers and the shared loader (which
+# has read the KMS model) make a session in ~3 ms instead of ~60 ms.
+_templates: dict[str | None, tuple[Any, Any]] = {}
+
+
+_tls_contexts: dict[tuple[Any, ...], Any] = {}
+_tls_lock = threading.Lock()  # helper threads and host threads build contexts at once
+_http_session: list[type] = []
+
+
+def _http_session_class() -> type:
+    """aiobotocore's HTTP session, with the TLS contexts (CA bundle loaded: ~50 ms of CPU each)
+    shared by the clients of one loop generation: the threadless pool makes a client per loop.
+    SSLContext is thread-safe; a new generation (after C_Finalize) reads the files again."""
+    if not _http_session:
+        from aiobotocore.httpsession import AIOHTTPSession
+
+        class SharedTls(AIOHTTPSession):  # type: ignore[misc]
+            def _build_ssl_contexts(self, *args: Any, **kwargs: Any) -> Any:
+                key = (loop.generation(), self._verify, self._cert_file, self._key_file, args,
+                       tuple(sorted(kwargs.items())))
+                with _tls_lock:
+                    contexts = _tls_contexts.get(key)
+                if contexts is None:  # not under the lock: reading the CA bundle takes a while
+                    contexts = super()._build_ssl_contexts(*args, **kwargs)
+                    with _tls_lock:
+                        for old in [k for k in _tls_contexts if k[0] != key[0]]:
+                            del _tls_contexts[old]
+                        contexts = _tls_contexts.setdefault(key, contexts)
+                return contexts
+
+        _http_session.append(SharedTls)
+    return _http_session[0]
+
+
+def _session(profile: str | None) -> Any:
+    import copy
+
+    from aiobotocore.hooks import AioHierarchicalEmitter
+    from aiobotocore.session import AioSession
+
+    template = _templates.get(profile)
+    if template is None:
+        handlers = AioHierarchicalEmitter()
+        first = AioSession(event_hooks=handlers, profile=profile)  # registers botocore's handlers
+        template = _templates[profile] = (handlers, first.get_component("data_loader"))
+    handlers, loader = template
+    session = AioSession(event_hooks=copy.copy(handlers), include_builtin_handlers=False,
+                         profile=profile)
+    session.register_component("data_loader", loader)
+    return session
+
+
 def _key_arn(key: str) -> str:
     return key if key.startswith("arn:") and ":key/" in key else ""
+
+
+def _metadata(answer: dict[str, Any]) -> KeyMetadata:
+    meta = answer["KeyMetadata"]
+    return KeyMetadata(
+        key_id=meta["KeyId"],
+        arn=meta["Arn"],
+        key_spec=meta.get("KeySpec") or meta.get("CustomerMasterKeySpec", ""),
+        key_usage=meta.get("KeyUsage", ""),
+        key_state=meta.get("KeyState", ""),
+        description=meta.get("Description", ""),
+    )
+
+
+def _public_key(answer: dict[str, Any], key: str) -> PublicKey:
+    answered = answer["KeyId"]  # KMS answers with the key ARN here (moto: the bare id)
+    return PublicKey(
+        key_id=answered.rsplit(":key/", 1)[-1],
+        arn=answered if answered.startswith("arn:") else _key_arn(key),
+        der=answer["PublicKey"],
+        key_spec=answer.get("KeySpec") or answer.get("CustomerMasterKeySpec", ""),
+        key_usage=answer.get("KeyUsage", ""),
+        signing_algorithms=tuple(answer.get("SigningAlgorithms", ())),
+        encryption_algorithms=tuple(answer.get("EncryptionAlgorithms", ())),
+    )
 
 
 def _method_name(operation: str) -> str:
@@ -277,9 +471,10 @@ def _exception_codes() -> tuple[tuple[type[BaseException], str], ...]:
     )
 
 
-def _translate(
-    exc: BaseException, operation: str, key: str | None, quiet: tuple[str, ...] = ()
-) -> KmsError:
+def _translate(exc: BaseException, operation: str, key: str | None, quiet: tuple[str, ...] = (),
+               log: bool = True) -> KmsError:
+    """The KmsError for a failed call, logged unless `log` is false (a batch: its caller logs
+    once) or its code is an expected answer (`quiet`)."""
     if isinstance(exc, KmsError):
         return exc
     request_id = None
@@ -299,27 +494,36 @@ def _translate(
             message = "invalid " + ", ".join(re.findall(r"parameter (\w+)", str(exc)))
         else:
             message = str(exc)
-    if code in quiet:
+    if not log or code in quiet:
         return KmsError(code, operation, key, request_id, message)
     return failure(code, operation, key, request_id, message)
 
 
-_backends: dict[Connection, AwsKms] = {}
-_backends_lock = threading.Lock()
+class Backends:
+    """One AwsKms per Connection, for as long as its holder keeps this: the initialised module
+    keeps one until C_Finalize (its public-key caches go with it); a tool keeps one per run."""
+
+    def __init__(self) -> None:
+        self._by_connection: dict[Connection, AwsKms] = {}
+        self._lock = threading.Lock()
+
+    def renew_lock(self) -> None:
+        """After fork, in the child (see core.module)."""
+        self._lock = threading.Lock()
+
+    def __call__(self, connection: Connection) -> KmsBackend:
+        with self._lock:
+            backend = self._by_connection.get(connection)
+            if backend is None:
+                backend = self._by_connection[connection] = AwsKms(connection)
+            return backend
 
 
-def _renew_lock() -> None:
-    global _backends_lock
-    _backends_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_renew_lock)
+_backends = Backends()  # the tools' (doctor, keys): the module uses its own (core/module.py)
+os.register_at_fork(after_in_child=lambda: _backends.renew_lock())
 
 
 def backend_for(connection: Connection) -> KmsBackend:
-    """The one AwsKms for this Connection in this process (its client and public-key cache)."""
-    with _backends_lock:
-        backend = _backends.get(connection)
-        if backend is None:
-            backend = _backends[connection] = AwsKms(connection)
-        return backend
+    """The one AwsKms for this Connection in this process, for the tools and tests; the module
+    uses its Module's Backends, which C_Finalize drops."""
+    return _backends(connection)

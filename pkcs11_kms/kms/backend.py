@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+from ..ck import CKR
+from .errors import KmsError
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,33 @@ class Alias:
     target_key_id: str | None
 
 
+@dataclass(frozen=True)
+class KeyRead:
+    """What read_keys learned of one key. No public_key: the key was not wanted, or KMS refused
+    a request about it (`error`)."""
+
+    key: str  # as asked
+    metadata: KeyMetadata | None = None
+    tags: Mapping[str, str] | None = None  # read only when asked for
+    public_key: PublicKey | None = None
+    error: KmsError | None = None
+
+
+# wanted(metadata, tags): asked after DescribeKey (tags None), then after ListResourceTags.
+Wanted = Callable[[KeyMetadata, "Mapping[str, str] | None"], bool]
+
+# Answers that refuse one key (error table rows): the token leaves that key out. Any other
+# failure (network, credentials, throttling, timeout) is the device's (docs/design.md,
+# "Reading the keys").
+_KEY_REFUSALS = frozenset({CKR.KEY_HANDLE_INVALID, CKR.KEY_FUNCTION_NOT_PERMITTED,
+                           CKR.FUNCTION_NOT_SUPPORTED})
+
+
+def refuses_the_key(error: KmsError) -> bool:
+    """True when KMS refused a request about one key (denied, not found, disabled...)."""
+    return error.rv in _KEY_REFUSALS
+
+
 class KmsBackend(Protocol):
     """One KMS endpoint (region, profile, endpoint): every method may raise KmsError."""
 
@@ -67,3 +98,42 @@ class KmsBackend(Protocol):
     def encrypt(self, key: str, plaintext: bytes, algorithm: str) -> bytes: ...
     def decrypt(self, key: str, ciphertext: bytes, algorithm: str) -> bytes: ...
     def generate_random(self, length: int) -> bytes: ...
+
+    # -- batches: the per-key requests of reading a token's keys ---------------------------------
+    # A refusal of one key comes back in the result; any other failure raises KmsError and ends
+    # the batch. AwsKms runs the requests concurrently and logs nothing (the caller does); these
+    # defaults ask one request at a time.
+
+    def inventory(self) -> tuple[list[str], list[Alias]]:
+        """Every key id and every alias of the account and region."""
+        return self.list_keys(), self.list_aliases()
+
+    def read_keys(self, keys: Sequence[str], wanted: Wanted, with_tags: bool = False
+                  ) -> list[KeyRead]:
+        """DescribeKey each key; ListResourceTags when asked; GetPublicKey of the wanted ones."""
+        out = []
+        for key in keys:
+            try:
+                meta = self.describe_key(key)
+                tags = self.list_resource_tags(key) if with_tags and wanted(meta, None) else None
+                if not wanted(meta, tags):
+                    out.append(KeyRead(key, meta, tags))
+                    continue
+                out.append(KeyRead(key, meta, tags, self.get_public_key(meta.arn)))
+            except KmsError as e:
+                if not refuses_the_key(e):
+                    raise
+                out.append(KeyRead(key, error=e))
+        return out
+
+    def public_keys(self, keys: Sequence[str]) -> list[PublicKey | KmsError]:
+        """GetPublicKey of each key (never from a cache: the key may have changed)."""
+        out: list[PublicKey | KmsError] = []
+        for key in keys:
+            try:
+                out.append(self.get_public_key(key))
+            except KmsError as e:
+                if not refuses_the_key(e):
+                    raise
+                out.append(e)
+        return out
