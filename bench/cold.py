@@ -64,7 +64,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=1000)
     ap.add_argument("--restart", type=int, default=50, help="restart the emulator every N runs")
     ap.add_argument("--json", default="cold.json", help="where to write the figures")
-    ap.add_argument("--keep", default=None, help="directory for crashed runs' stderr and cores")
+    ap.add_argument("--keep", default=None, help="directory for failed and crashed runs' output and cores")
     args = ap.parse_args()
     tool = shutil.which("pkcs11-tool")
     if tool is None:
@@ -116,6 +116,12 @@ def main() -> int:
                           f"saved in {saved}", flush=True)
                 else:
                     exits[f"exit {rc}"] += 1
+                    if rc != 0:  # kept too: a failure is not a crash, but must be explained
+                        saved = keep / f"run-{i}"
+                        saved.mkdir(exist_ok=True)
+                        (saved / "stderr.txt").write_text(proc.stderr)
+                        (saved / "stdout.txt").write_text(proc.stdout)
+                        print(f"run {i}: exit {rc}, stderr kept in {saved}", flush=True)
                 crash_lines += [f"run {i}: {x}" for x in proc.stderr.splitlines()
                                 if CRASH_WORDS.search(x)]
                 if rc == 0 and proc.stdout.count("Private Key Object") < 3:
