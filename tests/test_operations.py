@@ -194,7 +194,8 @@ DIGESTS = {28: hashes.SHA224, 32: hashes.SHA256, 48: hashes.SHA384, 64: hashes.S
 @pytest.mark.parametrize("spec", EC_SPECS)
 @pytest.mark.parametrize("length", DIGESTS)
 def test_ecdsa_over_any_sha2_digest(session, op_keys, spec, length):
-    """CKM_ECDSA takes the caller's digest whatever the curve (DESIGN section 4)."""
+    """CKM_ECDSA takes the caller's digest whatever the curve (docs/design.md,
+    "Digests per curve")."""
     label = f"sign-{spec}"
     algorithm = DIGESTS[length]
     digest = hashlib.new(algorithm.name, MESSAGE).digest()

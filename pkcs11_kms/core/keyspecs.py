@@ -1,10 +1,12 @@
-"""KMS key specs and key usages the token exposes: one table each, keyed by KMS's names."""
+"""The key specs and key usages the token exposes: KMS's key specs (kms/specs.py) with their
+PKCS#11 key type, and each KMS key usage as PKCS#11 capabilities."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from ..ck import CKA, CKK
+from ..kms import specs as kms_specs
 
 
 @dataclass(frozen=True)
@@ -22,17 +24,10 @@ class KeySpec:
         return 2 * ((self.bits + 7) // 8)
 
 
+_KEY_TYPES = {kms_specs.RSA: CKK.RSA, kms_specs.EC: CKK.EC}
 KEY_SPECS: dict[str, KeySpec] = {
-    s.name: s
-    for s in (
-        KeySpec("RSA_2048", CKK.RSA, 2048),
-        KeySpec("RSA_3072", CKK.RSA, 3072),
-        KeySpec("RSA_4096", CKK.RSA, 4096),
-        KeySpec("ECC_NIST_P256", CKK.EC, 256, "secp256r1"),
-        KeySpec("ECC_NIST_P384", CKK.EC, 384, "secp384r1"),
-        KeySpec("ECC_NIST_P521", CKK.EC, 521, "secp521r1"),
-        KeySpec("ECC_SECG_P256K1", CKK.EC, 256, "secp256k1"),
-    )
+    s.name: KeySpec(s.name, _KEY_TYPES[s.family], s.bits, s.curve)
+    for s in kms_specs.KEY_SPECS.values()
 }
 
 # KMS KeyUsage -> (private key capability, public key capability)

@@ -1,12 +1,12 @@
 """The mechanism registry: which CKM_* a token offers for which keys (PKCS#11 §5.4 C_GetMechanism*).
 
-Mechanism families (pkcs11_kms/mechanisms/) register themselves here; the core asks the registry and
-never switches on a mechanism itself. An unregistered mechanism is CKR_MECHANISM_INVALID.
+The registry is the one ordered list of pkcs11_kms/mechanisms/__init__.py, installed here; the core
+asks it and never switches on a mechanism itself. A mechanism not in it is CKR_MECHANISM_INVALID.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,17 +27,20 @@ class Mechanism:
     key_specs: frozenset[str] | None = None  # None: every spec of key_type
 
 
-_REGISTRY: dict[int, Mechanism] = {}
+_REGISTRY: tuple[Mechanism, ...] = ()  # in the order of C_GetMechanismList
+_BY_NUMBER: dict[int, Mechanism] = {}
 
 
-def register(*mechanisms: Mechanism) -> None:
-    for m in mechanisms:
-        _REGISTRY[int(m.mechanism)] = m
+def install(mechanisms: Sequence[Mechanism]) -> None:
+    """Makes `mechanisms`, in their order, the registry (mechanisms/__init__.py's list)."""
+    global _REGISTRY, _BY_NUMBER
+    _REGISTRY = tuple(mechanisms)
+    _BY_NUMBER = {int(m.mechanism): m for m in _REGISTRY}
 
 
 def lookup(mechanism: int) -> Mechanism:
     try:
-        return _REGISTRY[mechanism]
+        return _BY_NUMBER[mechanism]
     except KeyError:
         raise PKCS11Error(CKR.MECHANISM_INVALID, f"mechanism {mechanism:#x} is not offered") from None
 
@@ -53,17 +56,16 @@ def applies(m: Mechanism, spec: KeySpec, usage: str) -> bool:
 
 def allowed_for(spec: KeySpec, usage: str) -> list[CKM]:
     """CKA_ALLOWED_MECHANISMS of a key."""
-    return [m.mechanism for m in _REGISTRY.values() if applies(m, spec, usage)]
+    return [m.mechanism for m in _REGISTRY if applies(m, spec, usage)]
 
 
 def offered(keys: Iterable[tuple[KeySpec, str]]) -> dict[int, tuple[int, int, int]]:
     """For a token's keys: mechanism -> (min key size, max key size, flags), as C_GetMechanismInfo.
 
-    In registration order: consumers such as pkcs11-tool --test take the first signing mechanism
-    of the list, so the families register what KMS does best (hash-and-sign) first."""
+    In the registry's order (mechanisms/__init__.py says why)."""
     keys = list(keys)
     out: dict[int, tuple[int, int, int]] = {}
-    for m in _REGISTRY.values():
+    for m in _REGISTRY:
         for spec, usage in keys:
             if not applies(m, spec, usage):
                 continue

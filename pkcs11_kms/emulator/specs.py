@@ -7,9 +7,15 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from ..kms import specs as kms_specs
+from ..kms.specs import (ECDSA, OAEP_HASHES, RSAES_OAEP, RSASSA_PKCS1_V1_5, RSASSA_PSS,
+                         SIGNING_HASHES, algorithm_name, digest_bytes, hash_class)
+
 # The AWS KMS API reference is the source of every value below (Sign, Verify, Encrypt, CreateKey,
-# "Key spec reference"). Adding a key spec is one KEY_SPECS entry; adding a signing algorithm is
-# one SIGNING_ALGORITHMS entry (plus a scheme in crypto.py if it is a new kind of signature).
+# "Key spec reference"). The RSA and ECC key specs and their algorithms are the module's table
+# (pkcs11_kms/kms/specs.py): adding one there adds it here. Adding another key spec is one
+# KEY_SPECS entry; adding a signing algorithm is one SIGNING_ALGORITHMS entry (plus a scheme in
+# crypto.py if it is a new kind of signature).
 
 RAW, DIGEST, EXTERNAL_MU = "RAW", "DIGEST", "EXTERNAL_MU"
 MESSAGE_TYPES = (RAW, DIGEST, EXTERNAL_MU)
@@ -30,27 +36,20 @@ class SigningAlgorithm:
     message_types: dict[str, int | None]
 
 
-def _hashed(scheme: str, hash_cls: type[hashes.HashAlgorithm]) -> SigningAlgorithm:
-    return SigningAlgorithm(scheme, hash_cls, {RAW: None, DIGEST: hash_cls.digest_size})
-
+# KMS's scheme -> its key of crypto.SCHEMES
+_SCHEMES = {RSASSA_PKCS1_V1_5: "RSA_PKCS1", RSASSA_PSS: "RSA_PSS", ECDSA: "ECDSA"}
 
 SIGNING_ALGORITHMS: dict[str, SigningAlgorithm] = {
-    "RSASSA_PKCS1_V1_5_SHA_256": _hashed("RSA_PKCS1", hashes.SHA256),
-    "RSASSA_PKCS1_V1_5_SHA_384": _hashed("RSA_PKCS1", hashes.SHA384),
-    "RSASSA_PKCS1_V1_5_SHA_512": _hashed("RSA_PKCS1", hashes.SHA512),
-    # PSS: salt as long as the hash, MGF1 with the same hash.
-    "RSASSA_PSS_SHA_256": _hashed("RSA_PSS", hashes.SHA256),
-    "RSASSA_PSS_SHA_384": _hashed("RSA_PSS", hashes.SHA384),
-    "RSASSA_PSS_SHA_512": _hashed("RSA_PSS", hashes.SHA512),
-    # ECDSA: DER-encoded (r, s).
-    "ECDSA_SHA_256": _hashed("ECDSA", hashes.SHA256),
-    "ECDSA_SHA_384": _hashed("ECDSA", hashes.SHA384),
-    "ECDSA_SHA_512": _hashed("ECDSA", hashes.SHA512),
+    # RSASSA-PKCS1-v1_5, RSASSA-PSS and ECDSA over each signing hash: RAW, or DIGEST of its length.
+    **{algorithm_name(scheme, h): SigningAlgorithm(ours, hash_class(h),
+                                                   {RAW: None, DIGEST: digest_bytes(h)})
+       for scheme, ours in _SCHEMES.items() for h in SIGNING_HASHES},
     # Ed25519 (pure) takes only RAW messages.
     "ED25519_SHA_512": SigningAlgorithm("ED25519", hashes.SHA512, {RAW: None}),
     # HashEdDSA Ed25519ph takes only DIGEST (a SHA-512 digest); KMS still applies the SHA-512
     # prehash of FIPS 186-5 7.8.1 step 1 to it, so the signed message is the digest itself.
-    "ED25519_PH_SHA_512": SigningAlgorithm("ED25519_PH", hashes.SHA512, {DIGEST: 64}),
+    "ED25519_PH_SHA_512": SigningAlgorithm("ED25519_PH", hashes.SHA512,
+                                           {DIGEST: hashes.SHA512.digest_size}),
     # ML-DSA (FIPS 204), pure with an empty context; EXTERNAL_MU is the 64-byte mu of 6.2.
     "ML_DSA_SHAKE_256": SigningAlgorithm("ML_DSA", None, {RAW: None, EXTERNAL_MU: 64}),
 }
@@ -61,12 +60,8 @@ UNSUPPORTED_ENCRYPTION_ALGORITHMS = ("SM2PKE",)
 
 ENCRYPTION_ALGORITHMS: dict[str, type[hashes.HashAlgorithm]] = {
     # RSAES-OAEP with MGF1 over the same hash and an empty label.
-    "RSAES_OAEP_SHA_1": hashes.SHA1,
-    "RSAES_OAEP_SHA_256": hashes.SHA256,
+    algorithm_name(RSAES_OAEP, h): hash_class(h) for h in OAEP_HASHES
 }
-
-RSA_SIGNING = tuple(k for k in SIGNING_ALGORITHMS if k.startswith("RSASSA_"))
-RSA_ENCRYPTION = tuple(ENCRYPTION_ALGORITHMS)
 
 
 @dataclass(frozen=True)
@@ -85,25 +80,24 @@ class KeySpec:
     oaep_limits: dict[str, int] = field(default_factory=dict)
 
 
-def _rsa(bits: int, sha1_limit: int, sha256_limit: int) -> KeySpec:
-    limits = {"RSAES_OAEP_SHA_1": sha1_limit, "RSAES_OAEP_SHA_256": sha256_limit}
-    return KeySpec("RSA", bits, ("ENCRYPT_DECRYPT", "SIGN_VERIFY"), RSA_SIGNING, RSA_ENCRYPTION,
-                   oaep_limits=limits)
-
-
-def _nist(curve: type[ec.EllipticCurve], algorithm: str) -> KeySpec:
-    return KeySpec("EC", curve, ("SIGN_VERIFY", "KEY_AGREEMENT"), (algorithm,),
+def _served(spec: kms_specs.KeySpec) -> KeySpec:
+    """An RSA or ECC key spec of the module's table, as the emulator serves it."""
+    if spec.family == kms_specs.RSA:
+        # KMS's Encrypt limits are RFC 8017's: the modulus less two hashes and two bytes.
+        limits = {a: spec.bits // 8 - 2 * ENCRYPTION_ALGORITHMS[a].digest_size - 2
+                  for a in spec.encryption_algorithms}
+        return KeySpec(spec.family, spec.bits, ("ENCRYPT_DECRYPT", "SIGN_VERIFY"),
+                       spec.signing_algorithms, spec.encryption_algorithms, oaep_limits=limits)
+    assert spec.curve is not None
+    curve = getattr(ec, spec.curve.upper())  # secp256r1 -> ec.SECP256R1
+    if not spec.name.startswith("ECC_NIST_"):  # KMS agrees keys (ECDH) on NIST curves only
+        return KeySpec(spec.family, curve, ("SIGN_VERIFY",), spec.signing_algorithms)
+    return KeySpec(spec.family, curve, ("SIGN_VERIFY", "KEY_AGREEMENT"), spec.signing_algorithms,
                    key_agreement=("ECDH",))
 
 
 KEY_SPECS: dict[str, KeySpec] = {
-    "RSA_2048": _rsa(2048, 214, 190),
-    "RSA_3072": _rsa(3072, 342, 318),
-    "RSA_4096": _rsa(4096, 470, 446),
-    "ECC_NIST_P256": _nist(ec.SECP256R1, "ECDSA_SHA_256"),
-    "ECC_NIST_P384": _nist(ec.SECP384R1, "ECDSA_SHA_384"),
-    "ECC_NIST_P521": _nist(ec.SECP521R1, "ECDSA_SHA_512"),
-    "ECC_SECG_P256K1": KeySpec("EC", ec.SECP256K1, ("SIGN_VERIFY",), ("ECDSA_SHA_256",)),
+    **{name: _served(spec) for name, spec in kms_specs.KEY_SPECS.items()},
     "ECC_NIST_EDWARDS25519": KeySpec("ED25519", None, ("SIGN_VERIFY",),
                                      ("ED25519_SHA_512", "ED25519_PH_SHA_512")),
     "ML_DSA_44": KeySpec("ML_DSA", 44, ("SIGN_VERIFY",), ("ML_DSA_SHAKE_256",)),

@@ -1,5 +1,15 @@
-"""Mechanism families: importing this registers every mechanism the token offers."""
+"""Mechanism families, and the one ordered list of the mechanisms the token offers."""
 
-# Registration order is the order of C_GetMechanismList: RSA hash-and-sign first (see
-# core.mechanisms.offered).
-from . import rsa_pkcs, rsa_pss, ecdsa, rsa_oaep, digests  # noqa: F401, I001
+from ..core.mechanisms import install
+from . import digests, ecdsa, rsa_oaep, rsa_pkcs, rsa_pss
+
+# The order of C_GetMechanismList: consumers such as pkcs11-tool --test take the first signing
+# mechanism of the list, so what KMS does best (RSA hash-and-sign) comes first.
+MECHANISMS = (
+    *rsa_pkcs.MECHANISMS,
+    *rsa_pss.MECHANISMS,
+    *ecdsa.MECHANISMS,
+    *rsa_oaep.MECHANISMS,
+    *digests.MECHANISMS,
+)
+install(MECHANISMS)

@@ -7,7 +7,7 @@ they use a token's hash-and-sign mechanisms (Java's SunPKCS11 refuses RSASSA-PSS
 from __future__ import annotations
 
 from ..ck import CKF, CKR
-from ..core.mechanisms import Mechanism, register
+from ..core.mechanisms import Mechanism
 from ..errors import PKCS11Error
 from .base import no_params
 from .hashes import HASHES, Hash
@@ -39,4 +39,5 @@ def _start(hash_: Hash):  # type: ignore[no-untyped-def]
     return start
 
 
-register(*(Mechanism(h.mechanism, None, CKF.DIGEST, None, _start(h)) for h in HASHES.values()))
+MECHANISMS = tuple(Mechanism(h.mechanism, None, CKF.DIGEST, None, _start(h))
+                   for h in HASHES.values())

@@ -11,19 +11,14 @@ from __future__ import annotations
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
 from ..ck import CKF, CKK, CKM, CKR
-from ..core.mechanisms import Mechanism, register
+from ..core.mechanisms import Mechanism
 from ..errors import PKCS11Error
+from ..kms.specs import KEY_SPECS, digest_bytes
 from .base import Signature, no_params, public_key
 from .hashes import BY_SIZE, HASHES
 
-# KMS's algorithm per curve: (digest bytes, KMS SigningAlgorithm)
-CURVE_DIGEST = {
-    "ECC_NIST_P256": (32, "ECDSA_SHA_256"),
-    "ECC_SECG_P256K1": (32, "ECDSA_SHA_256"),
-    "ECC_NIST_P384": (48, "ECDSA_SHA_384"),
-    "ECC_NIST_P521": (64, "ECDSA_SHA_512"),
-}
-RAW_DIGEST_LENGTHS = (28, 32, 48, 64)  # SHA-224/256/384/512; SHA-1 is refused as KMS refuses it
+# SHA-224/256/384/512 digests; SHA-1 is refused as KMS refuses it
+RAW_DIGEST_LENGTHS = frozenset(h.size for h in HASHES.values() if h.mechanism != CKM.SHA_1)
 
 
 def fit(digest: bytes, length: int) -> bytes:
@@ -38,8 +33,10 @@ class Ecdsa(Signature):
     def to_kms(self, value: bytes) -> tuple[bytes, str]:
         if self._hasher is None and len(value) not in RAW_DIGEST_LENGTHS:
             raise PKCS11Error(CKR.DATA_LEN_RANGE, f"{len(value)}-byte digest")
-        length, algorithm = CURVE_DIGEST[self.use.key.spec.name]
-        return fit(value, length), algorithm
+        kms_spec = KEY_SPECS[self.use.key.spec.name]
+        assert kms_spec.hash is not None  # KMS signs with the curve's one hash
+        (algorithm,) = kms_spec.signing_algorithms
+        return fit(value, digest_bytes(kms_spec.hash)), algorithm
 
     def from_kms(self, signature: bytes) -> bytes:
         r, s = utils.decode_dss_signature(signature)
@@ -70,7 +67,7 @@ def _start(hash_mechanism: CKM | None):  # type: ignore[no-untyped-def]
 
 
 FLAGS = CKF.SIGN | CKF.VERIFY | CKF.EC_F_P | CKF.EC_NAMEDCURVE | CKF.EC_UNCOMPRESS
-register(
+MECHANISMS = (
     Mechanism(CKM.ECDSA, CKK.EC, FLAGS, "SIGN_VERIFY", _start(None)),
     Mechanism(CKM.ECDSA_SHA256, CKK.EC, FLAGS, "SIGN_VERIFY", _start(CKM.SHA256)),
     Mechanism(CKM.ECDSA_SHA384, CKK.EC, FLAGS, "SIGN_VERIFY", _start(CKM.SHA384)),

@@ -8,14 +8,13 @@ from __future__ import annotations
 from cryptography.hazmat.primitives.asymmetric import padding
 
 from ..ck import CKF, CKK, CKM, CKR, CKZ
-from ..core.mechanisms import Mechanism, register
+from ..core.mechanisms import Mechanism
 from ..core.operations import DECRYPT
 from ..errors import PKCS11Error
+from ..kms.specs import OAEP_HASHES, RSAES_OAEP
 from .base import public_key
 from .hashes import HASHES, Hash
 from .params import MechanismArgs, OaepParams
-
-KMS_ALGORITHM = {CKM.SHA_1: "RSAES_OAEP_SHA_1", CKM.SHA256: "RSAES_OAEP_SHA_256"}
 
 
 def oaep_hash(args: MechanismArgs) -> Hash:
@@ -29,7 +28,7 @@ def oaep_hash(args: MechanismArgs) -> Hash:
     h = HASHES.get(p.hash_alg)
     # mgf 0 with a hash: pkcs11-provider 1.0 when the user named only the OAEP digest; OpenSSL's
     # MGF1 digest then defaults to that digest.
-    if h is None or p.hash_alg not in KMS_ALGORITHM or p.mgf not in (0, h.mgf):
+    if h is None or h.kms not in OAEP_HASHES or p.mgf not in (0, h.mgf):
         raise PKCS11Error(CKR.MECHANISM_PARAM_INVALID, "KMS does OAEP with SHA-1 or SHA-256 and "
                           "MGF1 over the same hash")
     return h
@@ -62,7 +61,7 @@ class Oaep:
 
     def finish(self) -> bytes:
         data = bytes(self._data)
-        algorithm = KMS_ALGORITHM[self.hash.mechanism]
+        algorithm = self.hash.kms_algorithm(RSAES_OAEP)
         if self.decrypting:
             if len(data) != self.modulus_bytes:
                 raise PKCS11Error(CKR.ENCRYPTED_DATA_LEN_RANGE, f"{len(data)} bytes")
@@ -82,6 +81,6 @@ def _start(kind, use, args):  # type: ignore[no-untyped-def]
     return Oaep(kind, use, oaep_hash(args))
 
 
-register(
+MECHANISMS = (
     Mechanism(CKM.RSA_PKCS_OAEP, CKK.RSA, CKF.ENCRYPT | CKF.DECRYPT, "ENCRYPT_DECRYPT", _start),
 )

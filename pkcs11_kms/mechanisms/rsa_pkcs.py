@@ -6,8 +6,9 @@ from asn1crypto import algos, core
 from cryptography.hazmat.primitives.asymmetric import padding, utils
 
 from ..ck import CKF, CKK, CKM, CKR
-from ..core.mechanisms import Mechanism, register
+from ..core.mechanisms import Mechanism
 from ..errors import PKCS11Error
+from ..kms.specs import RSASSA_PKCS1_V1_5
 from .base import Signature, no_params, public_key
 from .hashes import BY_OID, HASHES, Hash
 
@@ -24,7 +25,7 @@ def digest_info(value: bytes) -> Hash:
     h = BY_OID.get(oid)
     if h is None or len(digest) != h.size or value != canonical_digest_info(h, digest):
         raise PKCS11Error(CKR.DATA_INVALID, "not the DigestInfo of a known hash")
-    if h.kms is None:
+    if not h.kms_signs:
         raise PKCS11Error(CKR.DATA_INVALID, f"KMS cannot sign {h.name} digests")
     return h
 
@@ -41,7 +42,7 @@ class RsaPkcs(Signature):
         if len(value) > self.use.key.spec.signature_bytes - 11:
             raise PKCS11Error(CKR.DATA_LEN_RANGE, f"{len(value)} bytes")
         h = digest_info(value)
-        return value[-h.size:], f"RSASSA_PKCS1_V1_5_{h.kms}"
+        return value[-h.size:], h.kms_algorithm(RSASSA_PKCS1_V1_5)
 
     def verify_locally(self, value: bytes, signature: bytes) -> None:
         recovered = public_key(self.use).recover_data_from_signature(signature, padding.PKCS1v15(), None)
@@ -57,7 +58,7 @@ class ShaRsaPkcs(Signature):
         self.hash = hash_
 
     def to_kms(self, value: bytes) -> tuple[bytes, str]:
-        return value, f"RSASSA_PKCS1_V1_5_{self.hash.kms}"
+        return value, self.hash.kms_algorithm(RSASSA_PKCS1_V1_5)
 
     def verify_locally(self, value: bytes, signature: bytes) -> None:
         public_key(self.use).verify(signature, value, padding.PKCS1v15(),
@@ -78,7 +79,7 @@ def _hashing(hash_mechanism: CKM):  # type: ignore[no-untyped-def]
 
 
 FLAGS = CKF.SIGN | CKF.VERIFY
-register(
+MECHANISMS = (
     Mechanism(CKM.SHA256_RSA_PKCS, CKK.RSA, FLAGS, "SIGN_VERIFY", _hashing(CKM.SHA256)),
     Mechanism(CKM.SHA384_RSA_PKCS, CKK.RSA, FLAGS, "SIGN_VERIFY", _hashing(CKM.SHA384)),
     Mechanism(CKM.SHA512_RSA_PKCS, CKK.RSA, FLAGS, "SIGN_VERIFY", _hashing(CKM.SHA512)),

@@ -9,8 +9,9 @@ from __future__ import annotations
 from cryptography.hazmat.primitives.asymmetric import padding, utils
 
 from ..ck import CKF, CKK, CKM, CKR
-from ..core.mechanisms import Mechanism, register
+from ..core.mechanisms import Mechanism
 from ..errors import PKCS11Error
+from ..kms.specs import RSASSA_PSS
 from .base import Signature, public_key
 from .hashes import HASHES, Hash
 from .params import MechanismArgs, PssParams
@@ -21,7 +22,7 @@ def pss_hash(args: MechanismArgs, required: CKM | None) -> Hash:
     if not isinstance(p, PssParams):
         raise PKCS11Error(CKR.MECHANISM_PARAM_INVALID, "CK_RSA_PKCS_PSS_PARAMS required")
     h = HASHES.get(p.hash_alg)
-    if h is None or h.kms is None or (required is not None and p.hash_alg != required):
+    if h is None or not h.kms_signs or (required is not None and p.hash_alg != required):
         raise PKCS11Error(CKR.MECHANISM_PARAM_INVALID, f"PSS hash {p.hash_alg:#x}")
     if p.mgf != h.mgf or p.salt_length != h.size:
         raise PKCS11Error(CKR.MECHANISM_PARAM_INVALID, "KMS uses MGF1 with the same hash and a "
@@ -37,7 +38,7 @@ class Pss(Signature):
     def to_kms(self, value: bytes) -> tuple[bytes, str]:
         if len(value) != self.hash.size:
             raise PKCS11Error(CKR.DATA_LEN_RANGE, f"a {self.hash.name} digest is {self.hash.size} bytes")
-        return value, f"RSASSA_PSS_{self.hash.kms}"
+        return value, self.hash.kms_algorithm(RSASSA_PSS)
 
     def verify_locally(self, value: bytes, signature: bytes) -> None:
         if len(value) != self.hash.size:
@@ -54,7 +55,7 @@ def _start(required: CKM | None):  # type: ignore[no-untyped-def]
 
 
 FLAGS = CKF.SIGN | CKF.VERIFY
-register(
+MECHANISMS = (
     Mechanism(CKM.RSA_PKCS_PSS, CKK.RSA, FLAGS, "SIGN_VERIFY", _start(None)),
     Mechanism(CKM.SHA256_RSA_PKCS_PSS, CKK.RSA, FLAGS, "SIGN_VERIFY", _start(CKM.SHA256)),
     Mechanism(CKM.SHA384_RSA_PKCS_PSS, CKK.RSA, FLAGS, "SIGN_VERIFY", _start(CKM.SHA384)),

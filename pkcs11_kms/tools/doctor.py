@@ -12,7 +12,9 @@ from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 from ..config import Config, TokenConfig
+from ..kms.aws import named_region
 from ..kms.backend import Connection, PublicKey
+from ..kms.specs import KEY_SPECS, RSAES_OAEP, algorithm_name
 
 OK, BAD, NOTE = "✓", "✗", "·"
 
@@ -48,13 +50,6 @@ _CREDENTIAL_SOURCES = {
     "sso": "IAM Identity Center (SSO) profile",
     "container-role": "container role",
     "iam-role": "EC2 instance role",
-}
-_SIGN_ALGORITHMS = {
-    "RSA": "RSASSA_PKCS1_V1_5_SHA_256",
-    "ECC_NIST_P256": "ECDSA_SHA_256",
-    "ECC_SECG_P256K1": "ECDSA_SHA_256",
-    "ECC_NIST_P384": "ECDSA_SHA_384",
-    "ECC_NIST_P521": "ECDSA_SHA_512",
 }
 
 
@@ -124,12 +119,10 @@ def _session(connection: Connection) -> Any:
 def check_region(connection: Connection, report: Report) -> str | None:
     from botocore.exceptions import ProfileNotFound
 
-    if connection.region:
-        report.ok(f"region: {connection.region} (config)")
-        return connection.region
-    if os.environ.get("AWS_REGION"):
-        report.ok(f"region: {os.environ['AWS_REGION']} (AWS_REGION)")
-        return os.environ["AWS_REGION"]
+    named = named_region(connection)
+    if named:
+        report.ok(f"region: {named[0]} ({named[1]})")
+        return named[0]
     try:
         region = _session(connection).get_config_variable("region")
     except ProfileNotFound as e:
@@ -243,10 +236,11 @@ def check_endpoint(connection: Connection, url: str, timeout: float, report: Rep
 
 
 def _algorithm(public: PublicKey) -> tuple[str, str]:
-    """(KMS operation, algorithm) a DryRun checks: what the module uses most."""
+    """(KMS operation, algorithm) a DryRun checks: what the module uses most (RSA: PKCS#1 v1.5
+    with SHA-256; EC: the curve's one)."""
     if public.key_usage == "ENCRYPT_DECRYPT":
-        return "Decrypt", "RSAES_OAEP_SHA_256"
-    return "Sign", _SIGN_ALGORITHMS.get(public.key_spec, _SIGN_ALGORITHMS["RSA"])
+        return "Decrypt", algorithm_name(RSAES_OAEP, "SHA_256")
+    return "Sign", KEY_SPECS[public.key_spec].signing_algorithms[0]
 
 
 def check_key(backend: Any, name: str, label: str, public: PublicKey | None,

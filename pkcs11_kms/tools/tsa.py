@@ -11,14 +11,17 @@ from dataclasses import dataclass, field
 
 from asn1crypto import algos, cms, core, keys, tsp, x509
 
+from ..kms.specs import KEY_SPECS, hashlib_name
+
 DEFAULT_POLICY = "1.2.3.4.1"  # a placeholder, as in OpenSSL's sample TSA config: set your own
 # Message imprints the TSA accepts: name -> digest length. No MD5 or SHA-1: a time-stamp over a
 # digest anyone can collide proves little.
-IMPRINT_DIGESTS = {"sha224": 28, "sha256": 32, "sha384": 48, "sha512": 64,
-                   "sha3_224": 28, "sha3_256": 32, "sha3_384": 48, "sha3_512": 64}
-# ECDSA: the hash KMS fixes per curve (DESIGN 4); the TSA signs with the same.
-CURVE_DIGESTS = {"secp256r1": "sha256", "secp256k1": "sha256", "secp384r1": "sha384",
-                 "secp521r1": "sha512"}
+IMPRINT_DIGESTS = {name: hashlib.new(name).digest_size for name in (
+    "sha224", "sha256", "sha384", "sha512", "sha3_224", "sha3_256", "sha3_384", "sha3_512")}
+# ECDSA: the hash KMS fixes per curve (docs/design.md, "Digests per curve"); the TSA signs with
+# the same.
+CURVE_DIGESTS = {spec.curve: hashlib_name(spec.hash) for spec in KEY_SPECS.values()
+                 if spec.curve is not None and spec.hash is not None}
 TIME_STAMPING = "time_stamping"
 
 
