@@ -16,7 +16,6 @@ from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
-from .kms.backend import Connection
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +24,20 @@ USER_CONFIG = "pkcs11-kms/config.toml"  # under $XDG_CONFIG_HOME, by default ~/.
 SYSTEM_CONFIG = "/etc/pkcs11-kms/config.toml"
 LABEL_BYTES = 32  # CK_TOKEN_INFO.label
 LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where and how to reach KMS; None means the standard AWS chain decides (env, profile...)."""
+
+    region: str | None = None
+    profile: str | None = None
+    endpoint_url: str | None = None
+    ca_bundle: str | None = None  # PEM bundle to trust for HTTPS to the endpoint
+    connect_timeout: float = 5.0  # seconds
+    read_timeout: float = 15.0  # seconds
+    max_attempts: int = 3  # botocore retry attempts, first try included
+    retry_mode: str = "standard"  # botocore retry mode: standard | adaptive | legacy
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """Logging: the "pkcs11_kms" logger's own handler (stderr or a file), never the host's logging.
 
-The module runs inside other programs, Python ones included (DESIGN 2.7): it configures only the
-"pkcs11_kms" logger (its children are the modules' `logging.getLogger(__name__)`), with its own
-handler and propagate=False, never the root logger, and never writes to stdout.
+The module runs inside other programs, Python ones included (docs/design.md, "Python hosts"): it
+configures only the "pkcs11_kms" logger (its children are the modules'
+`logging.getLogger(__name__)`), with its own handler and propagate=False, never the root logger,
+and never writes to stdout.
 
 Redaction policy: never log plaintext, the data to be signed (or its digest), decrypted data,
 PINs, or credentials (access keys, session tokens, signed request headers). Log key ids, ARNs,
@@ -97,14 +98,3 @@ def configure(
     for problem in problems:  # shown whatever the level: the user asked for something else
         record = logger.makeRecord(LOGGER_NAME, logging.WARNING, __file__, 0, problem, (), None)
         handler.handle(record)
-
-
-def close() -> None:
-    """Remove the module's handler and close its log file (C_Finalize). Until configure() runs
-    again, warnings and errors reach stderr through Python's last-resort handler."""
-    global _handler
-    with _lock:
-        if _handler is not None:
-            logger.removeHandler(_handler)
-            _handler.close()
-            _handler = None

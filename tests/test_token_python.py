@@ -285,7 +285,8 @@ def test_unsupported_functions_say_so(raw):
     "failure", [RuntimeError("boom"), SystemExit(0), KeyboardInterrupt(), "not an int"]
 )
 def test_a_python_failure_is_never_ckr_ok(raw, failure):
-    """DESIGN 2.3: an exception, sys.exit() or an unconvertible result -> CKR_GENERAL_ERROR."""
+    """An exception, sys.exit() or an unconvertible result -> CKR_GENERAL_ERROR (docs/design.md,
+    "Exceptions never reach C")."""
     from pkcs11_kms.abi import entry
 
     ffi, lib = raw

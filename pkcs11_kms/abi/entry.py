@@ -1,12 +1,14 @@
-"""Attaches a Python callback to every PKCS#11 function; no exception ever reaches C (DESIGN 2.3)."""
+"""Attaches a Python callback to every PKCS#11 function; no exception ever reaches C
+(docs/design.md, "Exceptions never reach C")."""
 
 from __future__ import annotations
 
 import logging
+import sys
 
 from _kms_pkcs11 import ffi, lib
 
-from .. import hostsafe, mechanisms  # noqa: F401 - mechanisms: registers them
+from .. import hostsafe, mechanisms  # noqa: F401 - mechanisms: installs the registry
 from ..ck import CKR
 from ..core import returns
 from ..core.module import module
@@ -47,7 +49,8 @@ def _rv_name(rv: int) -> str:
 
 
 def _device_error(e: BaseException) -> int:
-    """The KMS error number behind a failure (kms/errors.py ERROR_TABLE), 0 when none."""
+    """The KMS error number behind a failure (core/kms_errors.py puts it on the PKCS11Error; a
+    core path may have raised another PKCS11Error from that one), 0 when none."""
     for cause in (e, e.__cause__, e.__context__):
         number = getattr(cause, "device_error", 0)
         if number:
@@ -60,8 +63,13 @@ def _guarded(name: str):  # type: ignore[no-untyped-def]
     handle (before any host pointer is read), then the arguments."""
     takes_session = name not in returns.SESSIONLESS
     keeps_device_error = name == "C_GetSessionInfo"
+    finalize = name == "C_Finalize"
 
-    def callback(*args):  # type: ignore[no-untyped-def]
+    def callback(*args, _finalizing=sys.is_finalizing):  # type: ignore[no-untyped-def]
+        if finalize and _finalizing():
+            # The host's interpreter is tearing its modules down, ours too (python-pkcs11 calls
+            # C_Finalize from a finaliser): the module's state goes with the interpreter.
+            return 0
         previous = None
         s = None
         try:

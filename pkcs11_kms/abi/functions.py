@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from _kms_pkcs11 import ffi, lib
 
-from ..ck import CK_EFFECTIVELY_INFINITE, CK_UNAVAILABLE_INFORMATION, CKR
+from ..ck import CKR
 from ..core import access, module, session, slots
 from ..errors import PKCS11Error
 from .marshal import (
@@ -91,18 +91,19 @@ def C_GetTokenInfo(slotID, pInfo):  # type: ignore[no-untyped-def]
     set_text(out.model, info.model, 16)
     set_text(out.serialNumber, info.serial, 16)
     out.flags = info.flags
-    out.ulMaxSessionCount = CK_EFFECTIVELY_INFINITE
+    out.ulMaxSessionCount = info.max_session_count
     out.ulSessionCount = info.session_count
-    out.ulMaxRwSessionCount = CK_EFFECTIVELY_INFINITE
+    out.ulMaxRwSessionCount = info.max_rw_session_count
     out.ulRwSessionCount = info.rw_session_count
     out.ulMaxPinLen = info.max_pin_len
     out.ulMinPinLen = info.min_pin_len
-    for name in ("ulTotalPublicMemory", "ulFreePublicMemory", "ulTotalPrivateMemory",
-                 "ulFreePrivateMemory"):
-        setattr(out, name, CK_UNAVAILABLE_INFORMATION)
+    out.ulTotalPublicMemory = info.total_public_memory
+    out.ulFreePublicMemory = info.free_public_memory
+    out.ulTotalPrivateMemory = info.total_private_memory
+    out.ulFreePrivateMemory = info.free_private_memory
     set_version(out.hardwareVersion, info.hardware_version)
     set_version(out.firmwareVersion, info.firmware_version)
-    set_text(out.utcTime, "", 16)  # no clock on the token
+    set_text(out.utcTime, info.utc_time, 16)
     write_struct(pInfo, out)
 
 
@@ -219,8 +220,7 @@ def C_CancelFunction(hSession):  # type: ignore[no-untyped-def]
 
 
 def C_GetObjectSize(hSession, hObject, pulSize):  # type: ignore[no-untyped-def]
-    access.find_object(hSession, hObject)
-    write_ulong(pulSize, CK_UNAVAILABLE_INFORMATION)
+    write_ulong(pulSize, access.object_size(hSession, hObject))
 
 
 __all__ = [name for name in dir() if name.startswith("C_")]

@@ -145,17 +145,6 @@ def output_capacity(out, length_ptr) -> int | None:  # type: ignore[no-untyped-d
     return None if out == NULL else read_ulong(length_ptr)
 
 
-def write_bytes(data: bytes, out, length_ptr) -> None:  # type: ignore[no-untyped-def]
-    """The two-call convention for byte outputs (§5.2)."""
-    capacity = output_capacity(out, length_ptr)
-    if capacity is not None:
-        if capacity < len(data):
-            write_ulong(length_ptr, len(data))
-            raise PKCS11Error(CKR.BUFFER_TOO_SMALL)
-        write_data(out, data)
-    write_ulong(length_ptr, len(data))
-
-
 def fill_attributes(pointer, template, values: Sequence[bytes | CKR]) -> CKR:  # type: ignore[no-untyped-def]
     """C_GetAttributeValue's five cases (§5.7) on the local `template`, copied back to `pointer`:
     every attribute is processed, even after a failure."""

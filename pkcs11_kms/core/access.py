@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-from ..ck import CKA, CKR
+from ..ck import CK_UNAVAILABLE_INFORMATION, CKA, CKR
 from ..errors import PKCS11Error
 from .attributes import pack
 from .module import module
@@ -32,6 +32,12 @@ def _object(s: Session, handle: int) -> TokenObject:
 
 def find_object(session_handle: int, handle: int) -> TokenObject:
     return _object(session(session_handle), handle)
+
+
+def object_size(session_handle: int, handle: int) -> int:
+    """C_GetObjectSize (§5.7): a KMS key takes no token memory that could be counted."""
+    find_object(session_handle, handle)
+    return CK_UNAVAILABLE_INFORMATION
 
 
 def find_objects_init(session_handle: int, template: list[tuple[int, bytes]]) -> None:

@@ -13,6 +13,7 @@ from ..ck import CKF, CKR
 from ..config import Config, load_config
 from ..errors import ConfigError, PKCS11Error
 from ..kms import Backends, KmsError
+from .kms_errors import failure
 from .objects import renew_handle_lock
 from .token import Token, alias_label, discover, fit_label, is_alias
 
@@ -96,8 +97,9 @@ def build_tokens(config: Config, backends: Backends | None = None) -> list[Token
         try:
             keys = discover(tc, kms)
         except KmsError as e:
-            e.log()
-            raise PKCS11Error(e.rv, f"listing keys for token {tc.label or ''}: {e}") from e
+            error = failure(e)
+            raise PKCS11Error(error.rv, f"listing keys for token {tc.label or ''}: {error}",
+                              error.device_error) from e
         for key in keys:
             tokens.append(Token(len(tokens), tc, key.label, kms, keys=[key]))
     return tokens
@@ -108,8 +110,8 @@ _state_lock = threading.Lock()
 
 
 def _fresh_locks_in_child() -> None:
-    """DESIGN 3 (fork): a lock another thread held at fork() stays held in the child for good, and a
-    child that keeps its parent's sessions would hang on it (a token loading its keys from KMS)."""
+    """docs/design.md, "Fork": a lock another thread held at fork() is held in the child for good,
+    and a child that keeps its parent's sessions would hang on it (a token loading its keys)."""
     global _state_lock
     _state_lock = threading.Lock()
     renew_handle_lock()
@@ -123,7 +125,7 @@ os.register_at_fork(after_in_child=_fresh_locks_in_child)
 
 def module() -> Module:
     """The initialised module, or CKR_CRYPTOKI_NOT_INITIALIZED."""
-    m = _module  # a forked child that does not re-initialise keeps its parent's (DESIGN 3)
+    m = _module  # a child that did not re-initialise keeps its parent's (docs/design.md, "Fork")
     if m is None:
         raise PKCS11Error(CKR.CRYPTOKI_NOT_INITIALIZED)
     return m

@@ -116,7 +116,7 @@ def _common(cls: CKO, label: str, ckid: bytes) -> dict[int, object]:
 
 
 def key_objects(identity: tuple, key: KmsKey, subject: bytes = b"") -> list[TokenObject]:
-    """The private and public key objects of one KMS key (DESIGN section 5)."""
+    """The private and public key objects of one KMS key (docs/design.md, "Objects")."""
     private_use, public_use = KEY_USAGES[key.usage]
     allowed = mechanisms.allowed_for(key.spec, key.usage)
     shared: dict[int, object] = {

@@ -16,6 +16,7 @@ from ..errors import PKCS11Error
 from ..kms.backend import KmsBackend
 from . import mechanisms
 from .access import find_object
+from .kms_errors import calling_kms
 from .objects import KmsKey, TokenObject
 from .session import Session, session
 
@@ -215,13 +216,15 @@ def verify(session_handle: int, data: bytes | None, signature: bytes) -> None:
         if active.multipart:
             raise PKCS11Error(CKR.OPERATION_ACTIVE, "a multi-part verify is in progress")
         active.operation.update(data)
-    active.operation.verify(signature)
+    with calling_kms():
+        active.operation.verify(signature)
 
 
 def _guarded(s: Session, kind: str, step):  # type: ignore[no-untyped-def]
     """Runs one step; any error but CKR_BUFFER_TOO_SMALL ends the operation (§5.2)."""
     try:
-        return step()
+        with calling_kms():
+            return step()
     except PKCS11Error as e:
         if e.rv != CKR.BUFFER_TOO_SMALL:
             s.operations.pop(kind, None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..ck import CKR
 from ..errors import PKCS11Error
+from .kms_errors import calling_kms
 from .session import session
 
 KMS_MAX_RANDOM = 1024
@@ -16,7 +17,8 @@ def generate_random(session_handle: int, length: int) -> bytes:
     remaining = length
     while remaining > 0:
         n = min(remaining, KMS_MAX_RANDOM)
-        chunk = backend.generate_random(n)
+        with calling_kms():
+            chunk = backend.generate_random(n)
         if len(chunk) != n:
             raise PKCS11Error(CKR.DEVICE_ERROR, f"KMS returned {len(chunk)} random bytes, not {n}")
         chunks.append(chunk)

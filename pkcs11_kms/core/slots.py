@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .. import __version__
-from ..ck import CKF, CKR
+from ..ck import CK_EFFECTIVELY_INFINITE, CK_UNAVAILABLE_INFORMATION, CKF, CKR
 from ..errors import PKCS11Error
 from . import mechanisms
 from .module import MANUFACTURER, module
@@ -32,10 +32,18 @@ class TokenInfo:
     flags: int
     session_count: int
     rw_session_count: int
+    max_session_count: int = CK_EFFECTIVELY_INFINITE
+    max_rw_session_count: int = CK_EFFECTIVELY_INFINITE
     max_pin_len: int = MAX_PIN
     min_pin_len: int = 0
+    # KMS holds the keys: the token has no memory to report.
+    total_public_memory: int = CK_UNAVAILABLE_INFORMATION
+    free_public_memory: int = CK_UNAVAILABLE_INFORMATION
+    total_private_memory: int = CK_UNAVAILABLE_INFORMATION
+    free_private_memory: int = CK_UNAVAILABLE_INFORMATION
     hardware_version: tuple[int, int] = (0, 0)
     firmware_version: tuple[int, int] = _VERSION  # type: ignore[assignment]
+    utc_time: str = ""  # no clock on the token
 
 
 def get_slot_list(token_present: bool) -> list[int]:

@@ -17,6 +17,7 @@ from ..errors import PKCS11Error
 from ..kms import KmsError
 from ..kms.backend import KeyMetadata, KmsBackend, PublicKey
 from .keyspecs import KEY_USAGES
+from .kms_errors import failure
 from .objects import KmsKey, TokenObject, certificate_object, key_id_bytes, key_objects, spec_of
 
 log = logging.getLogger("pkcs11_kms.token")
@@ -82,7 +83,7 @@ def log_skipped(skipped: Skipped, before: Skipped | None = None) -> None:
 def named_keys(backend: KmsBackend, refs: tuple[KeyRef, ...], skipped: Skipped | None = None
                ) -> list[KmsKey]:
     """Keys named in the config: GetPublicKey only (no List* permission needed), concurrently.
-    A key KMS refuses is left out; a device failure raises KmsError (not logged)."""
+    A key KMS refuses is left out; a device failure raises KmsError."""
     found = []
     left_out: Skipped = {} if skipped is None else skipped
     for ref, answer in zip(refs, backend.public_keys([ref.key for ref in refs]), strict=True):
@@ -102,7 +103,7 @@ def listed_keys(backend: KmsBackend, config: TokenConfig, skipped: Skipped | Non
                 ) -> list[KmsKey]:
     """Every usable key of the account and region, narrowed by alias prefix and tags: the lists,
     then DescribeKey, ListResourceTags and GetPublicKey of each key concurrently (kms/aws.py).
-    A key KMS refuses is left out; a device failure raises KmsError (not logged)."""
+    A key KMS refuses is left out; a device failure raises KmsError."""
     key_ids, alias_list = backend.inventory()
     aliases: dict[str, list[str]] = {}
     for alias in alias_list:
@@ -249,8 +250,7 @@ class Token:
         try:
             return self._read()
         except KmsError as e:
-            e.log()  # the batches log nothing themselves
-            raise
+            raise failure(e) from e  # its one log line: the backend logs nothing
 
     def _refresh(self) -> None:
         """Keys still there keep their handles; a key gone (deleted, disabled, alias re-pointed)
@@ -259,7 +259,10 @@ class Token:
             self._objects = self._read()
         except Exception as e:  # KMS, or a certificate file replaced by garbage: same answer
             self._loaded_at = time.monotonic()  # try again after another interval
-            why = e.why or e if isinstance(e, PKCS11Error) else f"{type(e).__name__}: {e}"
+            if isinstance(e, KmsError):
+                why = str(e)
+            else:
+                why = e.why or e if isinstance(e, PKCS11Error) else f"{type(e).__name__}: {e}"
             log.warning("token %r: keeping the keys read before, reading them again failed: %s",
                         self.label, why)
 

@@ -17,7 +17,7 @@ from .faults import CONTROL_PATH
 from .server import ENDPOINT_PREFIX
 
 DEFAULT_REGION = "eu-west-1"
-# Never real credentials, never the EC2 metadata service (DESIGN.md section 6).
+# Never real credentials, never the EC2 metadata service (docs/design.md, "The emulator").
 DUMMY_AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",

@@ -13,7 +13,8 @@ from typing import Any, TypeVar
 from . import loop
 from .backend import (Alias, Connection, KeyMetadata, KeyRead, KmsBackend, PublicKey, Wanted,
                       refuses_the_key)
-from .errors import ERROR_TABLE, KmsError, failure
+from .errors import KmsError
+from .specs import digest_bytes, hash_class, hash_of
 
 _BACKOFF_CAP = 20.0  # botocore's largest pause between two attempts
 _SLACK = 2.0  # seconds on top of the attempts' own timeouts: signing, scheduling, a slow host
@@ -21,7 +22,6 @@ _SETUP_TIMEOUT = 30.0  # importing aiobotocore and making a client (may resolve 
 # Concurrent HTTPS connections per client: in threaded mode one client serves every host thread
 # (64 signing at once must not queue for a connection); a threadless loop makes one call at a time.
 _POOL_CONNECTIONS = 128
-_DIGEST_LENGTHS = {"SHA_256": 32, "SHA_384": 48, "SHA_512": 64}
 _IN_FLIGHT = 16  # per-key requests a batch runs at once (docs/design.md, "Reading the keys")
 T = TypeVar("T")
 R = TypeVar("R")
@@ -97,7 +97,6 @@ class AwsKms(KmsBackend):
             answer = self._call(
                 "Verify",
                 key,
-                quiet=("KMSInvalidSignatureException",),
                 KeyId=key,
                 Message=message,
                 MessageType=message_type,
@@ -200,14 +199,14 @@ class AwsKms(KmsBackend):
         return results
 
     async def _ask(self, operation: str, key: str | None, **params: Any) -> dict[str, Any]:
-        """One request of a batch, within the per-call deadline; failures are not logged."""
+        """One request of a batch, within the per-call deadline."""
         import asyncio
 
         try:
             async with asyncio.timeout(self.deadline):
                 return await self._request(operation, params)
         except Exception as exc:  # CancelledError (the batch ends) is not an Exception
-            raise _translate(exc, operation, key, log=False) from None
+            raise _translate(exc, operation, key) from None
 
     async def _pages_async(self, operation: str, key: str | None, field: str, **params: Any
                            ) -> list[Any]:
@@ -223,8 +222,8 @@ class AwsKms(KmsBackend):
 
     def _batch(self, operation: str, work: Any, requests: int) -> Any:
         """Run a batch coroutine on the KMS loop with one loop.run(): the client's setup, then
-        every round of _IN_FLIGHT requests, each within its own per-call deadline. Raises an
-        unlogged KmsError."""
+        every round of _IN_FLIGHT requests, each within its own per-call deadline. Raises
+        KmsError."""
         rounds = 1 + math.ceil(requests / _IN_FLIGHT)
 
         async def with_client() -> Any:
@@ -246,14 +245,15 @@ class AwsKms(KmsBackend):
             work.close()  # loop.run may have refused to start with_client (at exit, re-entry)
             while isinstance(exc, BaseExceptionGroup) and exc.exceptions:  # from a TaskGroup
                 exc = exc.exceptions[0]
-            raise _translate(exc, operation, None, log=False) from None
+            raise _translate(exc, operation, None) from None
 
     # -- doctor: may we use this key? (DryRun: KMS checks permission and state, does nothing) --
 
     def dry_run_sign(self, key: str, algorithm: str) -> bool:
         """True when KMS says Sign would succeed; False when the endpoint ignores DryRun (it
         signed); KmsError with the reason when it would fail."""
-        digest = bytes(_DIGEST_LENGTHS.get(algorithm[-7:], 32))
+        hash_ = hash_of(algorithm)
+        digest = bytes(digest_bytes(hash_) if hash_ else 32)
         return self._dry_run(
             "Sign",
             key,
@@ -265,11 +265,11 @@ class AwsKms(KmsBackend):
 
     def dry_run_decrypt(self, key: str, algorithm: str) -> bool:
         """Like dry_run_sign, with a ciphertext made locally under the key's public key."""
-        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric import padding
 
         public = serialization.load_der_public_key(self.get_public_key(key).der)
-        digest = hashes.SHA1() if algorithm.endswith("SHA_1") else hashes.SHA256()
+        digest = hash_class(hash_of(algorithm) or "SHA_256")()
         oaep = padding.OAEP(mgf=padding.MGF1(digest), algorithm=digest, label=None)
         ciphertext = public.encrypt(b"\0", oaep)  # type: ignore[union-attr]
         return self._dry_run(
@@ -278,7 +278,7 @@ class AwsKms(KmsBackend):
 
     def _dry_run(self, operation: str, key: str, **params: Any) -> bool:
         try:
-            self._call(operation, key, quiet=("DryRunOperationException",), DryRun=True, **params)
+            self._call(operation, key, DryRun=True, **params)
         except KmsError as error:
             if error.code == "DryRunOperationException":
                 return True
@@ -298,10 +298,9 @@ class AwsKms(KmsBackend):
                 return items
 
     def _call(
-        self, operation: str, key: str | None, quiet: tuple[str, ...] = (), **params: Any
+        self, operation: str, key: str | None, **params: Any
     ) -> dict[str, Any]:
-        """One KMS request on the loop within the deadline; any failure becomes a KmsError that
-        has logged its line (codes in `quiet` are expected answers: not logged)."""
+        """One KMS request on the loop within the deadline; any failure becomes a KmsError."""
         try:
             if self._ready_generation != loop.generation():
                 loop.run(self._client(), _SETUP_TIMEOUT)  # first call: import, make the client
@@ -310,7 +309,7 @@ class AwsKms(KmsBackend):
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # asyncio.CancelledError is a BaseException
-            raise _translate(exc, operation, key, quiet) from None
+            raise _translate(exc, operation, key) from None
 
     async def _request(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
         client = await self._client()
@@ -341,12 +340,11 @@ class AwsKms(KmsBackend):
             user_agent_extra=f"pkcs11-kms/{__version__}",
             http_session_cls=_http_session_class(),
         )
-        # As in the AWS CLI, AWS_REGION wins over AWS_DEFAULT_REGION (botocore reads only the
-        # latter, and the profile's region); AWS_PROFILE and AWS_ENDPOINT_URL_KMS botocore reads.
-        region = c.region or os.environ.get("AWS_REGION") or None
+        # No region named: botocore's own; AWS_PROFILE and AWS_ENDPOINT_URL_KMS botocore reads.
+        named = named_region(c)
         context = _session(c.profile).create_client(
             "kms",
-            region_name=region,
+            region_name=named[0] if named else None,
             endpoint_url=c.endpoint_url,
             verify=c.ca_bundle,
             config=config,
@@ -354,6 +352,17 @@ class AwsKms(KmsBackend):
         client = await context.__aenter__()
         loop.add_cleanup(lambda: context.__aexit__(None, None, None))
         return client
+
+
+def named_region(connection: Connection) -> tuple[str, str] | None:
+    """The region the config or AWS_REGION names, and which of them; None: botocore resolves it
+    (AWS_DEFAULT_REGION, the profile's region). As in the AWS CLI, AWS_REGION wins over those:
+    botocore reads only them."""
+    if connection.region:
+        return connection.region, "config"
+    if os.environ.get("AWS_REGION"):
+        return os.environ["AWS_REGION"], "AWS_REGION"
+    return None
 
 
 # Per profile: botocore's event handlers and data loader, made once. Each loop of the threadless
@@ -422,7 +431,6 @@ def _metadata(answer: dict[str, Any]) -> KeyMetadata:
         key_spec=meta.get("KeySpec") or meta.get("CustomerMasterKeySpec", ""),
         key_usage=meta.get("KeyUsage", ""),
         key_state=meta.get("KeyState", ""),
-        description=meta.get("Description", ""),
     )
 
 
@@ -471,10 +479,9 @@ def _exception_codes() -> tuple[tuple[type[BaseException], str], ...]:
     )
 
 
-def _translate(exc: BaseException, operation: str, key: str | None, quiet: tuple[str, ...] = (),
-               log: bool = True) -> KmsError:
-    """The KmsError for a failed call, logged unless `log` is false (a batch: its caller logs
-    once) or its code is an expected answer (`quiet`)."""
+def _translate(exc: BaseException, operation: str, key: str | None) -> KmsError:
+    """The KmsError for a failed call. Nothing is logged here: the caller says what the failure
+    means (the core: one line and a CK_RV, core/kms_errors.py)."""
     if isinstance(exc, KmsError):
         return exc
     request_id = None
@@ -494,9 +501,7 @@ def _translate(exc: BaseException, operation: str, key: str | None, quiet: tuple
             message = "invalid " + ", ".join(re.findall(r"parameter (\w+)", str(exc)))
         else:
             message = str(exc)
-    if not log or code in quiet:
-        return KmsError(code, operation, key, request_id, message)
-    return failure(code, operation, key, request_id, message)
+    return KmsError(code, operation, key, request_id, message)
 
 
 class Backends:

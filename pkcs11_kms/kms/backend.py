@@ -6,22 +6,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..ck import CKR
-from .errors import KmsError
-
-
-@dataclass(frozen=True)
-class Connection:
-    """Where and how to reach KMS; None means the standard AWS chain decides (env, profile...)."""
-
-    region: str | None = None
-    profile: str | None = None
-    endpoint_url: str | None = None
-    ca_bundle: str | None = None  # PEM bundle to trust for HTTPS to the endpoint
-    connect_timeout: float = 5.0  # seconds
-    read_timeout: float = 15.0  # seconds
-    max_attempts: int = 3  # botocore retry attempts, first try included
-    retry_mode: str = "standard"  # botocore retry mode: standard | adaptive | legacy
+from ..config import Connection as Connection  # the config's: one backend per Connection
+from .errors import KEY_REFUSALS, KmsError
 
 
 @dataclass(frozen=True)
@@ -33,7 +19,6 @@ class KeyMetadata:
     key_spec: str  # RSA_2048, ECC_NIST_P256, SYMMETRIC_DEFAULT ...
     key_usage: str  # SIGN_VERIFY, ENCRYPT_DECRYPT, GENERATE_VERIFY_MAC, KEY_AGREEMENT
     key_state: str  # Enabled, Disabled, PendingDeletion ...
-    description: str = ""
 
 
 @dataclass(frozen=True)
@@ -71,16 +56,11 @@ class KeyRead:
 # wanted(metadata, tags): asked after DescribeKey (tags None), then after ListResourceTags.
 Wanted = Callable[[KeyMetadata, "Mapping[str, str] | None"], bool]
 
-# Answers that refuse one key (error table rows): the token leaves that key out. Any other
-# failure (network, credentials, throttling, timeout) is the device's (docs/design.md,
-# "Reading the keys").
-_KEY_REFUSALS = frozenset({CKR.KEY_HANDLE_INVALID, CKR.KEY_FUNCTION_NOT_PERMITTED,
-                           CKR.FUNCTION_NOT_SUPPORTED})
-
 
 def refuses_the_key(error: KmsError) -> bool:
-    """True when KMS refused a request about one key (denied, not found, disabled...)."""
-    return error.rv in _KEY_REFUSALS
+    """True when KMS refused a request about one key (denied, not found, disabled...): the token
+    leaves that key out (kms/errors.py KEY_REFUSALS)."""
+    return error.meaning in KEY_REFUSALS
 
 
 class KmsBackend(Protocol):

@@ -12,18 +12,15 @@ import pytest
 
 from pkcs11_kms import kms
 from pkcs11_kms.kms import loop
-from pkcs11_kms.kms.fake import FakeKms
 
 from .kmstest import EXACT_TARGETS, MotoServer, ScriptedKms, Target, free_port, moto_target
-
-REGION = "eu-west-1"
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "exact_kms: needs AWS KMS's own Sign/Decrypt/key-state semantics: runs only on targets "
-        "that have them (the fake, the project's emulator), never on plain moto",
+        "that have them (the project's emulator), never on plain moto",
     )
 
 
@@ -70,10 +67,7 @@ def _targets(request: pytest.FixtureRequest) -> dict[str, Target]:
 def target(request: pytest.FixtureRequest, _targets: dict[str, Target]) -> Target:
     name = request.param
     if name not in _targets:
-        if name == "fake":
-            fake = FakeKms(region=REGION, reuse_key_material=True)  # RSA-4096 once, not per test
-            _targets[name] = Target(name, fake, fake.create_key, fake.set_key_state)
-        elif name == "moto":
+        if name == "moto":
             _targets[name] = moto_target(name, request.getfixturevalue("moto_server"))
         elif name == "emulator":
             _targets[name] = moto_target(name, request.getfixturevalue("kms_server"))

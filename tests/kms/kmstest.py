@@ -26,8 +26,8 @@ from pkcs11_kms import kms
 REGION = "eu-west-1"
 
 # Which targets give real AWS KMS semantics for Sign/Verify/Encrypt/Decrypt and key states.
-# Plain moto does not (DESIGN section 6); the project's emulator does.
-EXACT_TARGETS = {"fake": True, "moto": False, "emulator": True}
+# Plain moto does not (docs/design.md, "The emulator"); the project's emulator does.
+EXACT_TARGETS = {"moto": False, "emulator": True}
 
 
 def free_port() -> int:

@@ -1,9 +1,10 @@
-"""The KmsBackend contract on every target: the fake, the emulator, plain moto (not for Sign or
-Decrypt: see EXACT_TARGETS). Every signature is checked by `cryptography`, not by the target."""
+"""The KmsBackend contract on every target: the emulator, plain moto (not for Sign or Decrypt: see
+EXACT_TARGETS). Every signature is checked by `cryptography`, not by the target."""
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import uuid
 
 import pytest
@@ -12,7 +13,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
 from pkcs11_kms.ck import CKR
-from pkcs11_kms.kms import Alias, KmsError
+from pkcs11_kms.core.kms_errors import rv_for
+from pkcs11_kms.kms import Alias, AwsKms, KmsBackend, KmsError
 
 from .kmstest import unique_alias
 
@@ -64,8 +66,14 @@ def independent_verify(der: bytes, algorithm: str, data: bytes, signature: bytes
 def expect_error(code: str, rv: CKR, call, *args):
     with pytest.raises(KmsError) as caught:
         call(*args)
-    assert (caught.value.code, caught.value.rv) == (code, rv)
+    assert (caught.value.code, rv_for(caught.value)) == (code, rv)
     return caught.value
+
+
+@pytest.mark.parametrize("name", [n for n in dir(KmsBackend) if not n.startswith("_")])
+def test_aws_kms_implements_the_protocol(name):
+    expected = inspect.signature(getattr(KmsBackend, name))
+    assert list(inspect.signature(getattr(AwsKms, name)).parameters) == list(expected.parameters)
 
 
 # -- keys, aliases, tags, listing, public keys, random: every target -----------------------
@@ -163,7 +171,7 @@ def test_describe_key_reports_states(target):
     assert target.backend.describe_key(doomed.arn).key_state == "PendingDeletion"
 
 
-# -- AWS KMS's own semantics: the fake and the emulator have them, plain moto does not ----------
+# -- AWS KMS's own semantics: the emulator has them, plain moto does not -------------------------
 
 SIGN_CASES = [
     (spec, alg) for spec, (_, _, algs) in SPECS.items() if spec != "RSA_4096" for alg in algs

@@ -1,4 +1,5 @@
-"""The KMS error table, the translation of botocore's exceptions, and the one log line."""
+"""The KMS error table, the translation of botocore's exceptions, and what the core makes of a
+KmsError: its CK_RV and the one log line (core/kms_errors.py)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,10 @@ import pytest
 from botocore import exceptions as bx
 
 from pkcs11_kms.ck import CKR
+from pkcs11_kms.core.kms_errors import failure, rv_for
 from pkcs11_kms.errors import PKCS11Error
-from pkcs11_kms.kms import ERROR_TABLE, KmsError, rv_for
+from pkcs11_kms.kms import ERROR_TABLE, AwsKms, Connection, KmsError
 from pkcs11_kms.kms.aws import _translate
-from pkcs11_kms.kms.errors import failure
-from pkcs11_kms.kms.fake import FakeKms
 from pkcs11_kms.kms.loop import DeadlineExceeded, InterpreterExiting, ReentrantCall
 
 # The decisions, pinned: a change here is a change of what consumers see.
@@ -51,7 +51,7 @@ EXPECTED = {
 
 
 def test_table_is_as_decided():
-    assert {code: rv for code, (rv, _, _) in ERROR_TABLE.items()} == EXPECTED
+    assert {code: rv_for(code) for code in ERROR_TABLE} == EXPECTED
     assert all(why for _, _, why in ERROR_TABLE.values())
     numbers = [number for _, number, _ in ERROR_TABLE.values()]
     assert len(set(numbers)) == len(numbers) and all(0 < n < 500 for n in numbers)
@@ -60,8 +60,10 @@ def test_table_is_as_decided():
 @pytest.mark.parametrize("code,rv", EXPECTED.items())
 def test_kms_error_rv(code, rv):
     error = KmsError(code, "Sign", "alias/k", "req-1", "why")
-    assert error.rv == rv_for(code) == rv
-    assert isinstance(error, PKCS11Error)  # an uncaught one still returns the right CK_RV
+    assert rv_for(error) == rv_for(code) == rv
+    assert not isinstance(error, PKCS11Error)  # the backend speaks KMS; the core's edge translates
+    translated = failure(error)
+    assert (translated.rv, translated.device_error) == (rv, ERROR_TABLE[code][1])
 
 
 @pytest.mark.parametrize(
@@ -86,7 +88,8 @@ def records(caplog):
 
 def test_failure_logs_one_line(caplog):
     caplog.set_level(logging.DEBUG, "pkcs11_kms.kms")
-    error = failure("ThrottlingException", "Sign", "arn:aws:kms:r:1:key/k", "req-42", "slow down")
+    error = failure(
+        KmsError("ThrottlingException", "Sign", "arn:aws:kms:r:1:key/k", "req-42", "slow down"))
     (record,) = records(caplog)
     line = record.getMessage()
     for part in ("Sign", "arn:aws:kms:r:1:key/k", "ThrottlingException", "req-42", "DEVICE_ERROR"):
@@ -97,7 +100,7 @@ def test_failure_logs_one_line(caplog):
 
 def test_setup_failures_log_an_error_with_a_hint(caplog):
     caplog.set_level(logging.DEBUG, "pkcs11_kms.kms")
-    failure("NoCredentials", "Sign", "alias/k")
+    failure(KmsError("NoCredentials", "Sign", "alias/k"))
     (record,) = records(caplog)
     assert record.levelno == logging.ERROR
     assert "AWS_PROFILE" in record.getMessage()
@@ -140,10 +143,11 @@ def test_translate(exc, code, caplog):
     caplog.set_level(logging.DEBUG, "pkcs11_kms.kms")
     error = _translate(exc, "Sign", "alias/k")
     assert (error.code, error.operation, error.key) == (code, "Sign", "alias/k")
-    assert error.rv == rv_for(code)
     if isinstance(exc, bx.ClientError) and code != "503":
         assert error.request_id == "req-7"
         assert error.message == f"message of {code}"
+    assert records(caplog) == []  # the backend logs nothing: the core's edge writes the line
+    assert failure(error).rv == rv_for(code)
     assert len(records(caplog)) == 1
 
 
@@ -154,6 +158,7 @@ def test_translate_never_repeats_request_data(caplog):
     for exc in (bx.ParamValidationError(report=report), TypeError(secret)):
         error = _translate(exc, "Encrypt", "alias/k")
         assert secret not in str(error)
+        failure(error)
     assert error.code == "TypeError"
     assert _translate(bx.ParamValidationError(report=report), "Encrypt", None).message == (
         "invalid Plaintext"
@@ -170,21 +175,22 @@ def test_kms_messages_quoting_data_are_redacted():
     assert "RSA_RAW" in message  # names of algorithms are no secret
 
 
-def test_quiet_codes_are_not_logged(caplog):
+def test_expected_answers_are_not_logged(caplog):
     caplog.set_level(logging.DEBUG, "pkcs11_kms.kms")
-    dry_run = "DryRunOperationException"
-    error = _translate(client_error(dry_run), "Sign", "k", (dry_run,))
+    error = _translate(client_error("DryRunOperationException"), "Sign", "k")
     assert error.code == "DryRunOperationException"
     assert records(caplog) == []
 
 
-def test_fake_failures_log_one_line_without_data(caplog):
+def test_emulator_failures_log_one_line_without_data(kms_server, caplog):
     caplog.set_level(logging.DEBUG, "pkcs11_kms.kms")
-    fake = FakeKms()
-    meta = fake.create_key("ECC_NIST_P256", "SIGN_VERIFY")
+    key_id = kms_server.client().create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")[
+        "KeyMetadata"]["KeyId"]
+    backend = AwsKms(Connection(region="eu-west-1", endpoint_url=kms_server.endpoint_url))
     secret = b"SECRET-MESSAGE-THAT-IS-NOT-A-DIGEST"
-    with pytest.raises(KmsError):
-        fake.sign(meta.key_id, secret, "DIGEST", "ECDSA_SHA_256")
+    with pytest.raises(KmsError) as caught:
+        backend.sign(key_id, secret, "DIGEST", "ECDSA_SHA_256")
+    failure(caught.value)
     (record,) = records(caplog)
-    assert meta.key_id in record.getMessage() and "ValidationException" in record.getMessage()
+    assert key_id in record.getMessage() and "ValidationException" in record.getMessage()
     assert "SECRET" not in record.getMessage()
