@@ -125,7 +125,8 @@ def test_reply_verifies_with_openssl(pki, kind):
 
 
 def test_config_option_nonce_free_query_and_other_imprint(pki):
-    """--config goes to the module as pReserved; a query without nonce or certReq, SHA-512."""
+    """--config reaches the module (as $PKCS11_KMS_CONFIG); a query without nonce or certReq,
+    SHA-512."""
     base, config = pki
     tsq = query(base, "plain.tsq", "-sha512", "-no_nonce")
     tsr = base / "plain.tsr"

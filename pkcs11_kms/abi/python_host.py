@@ -86,6 +86,11 @@ def _top_level(dist):
     return names
 
 
+# The CLI's PKCS#11 client: the library never imports it, and a Python host (python-pkcs11
+# itself) keeps its own copy, whatever its version.
+_CLI_ONLY = frozenset({"python-pkcs11"})
+
+
 def _closure(site_dirs):
     """pkcs11-kms and what it needs, as installed in its environment: name -> (dist, specifiers)."""
     installed = {}
@@ -96,7 +101,7 @@ def _closure(site_dirs):
     while todo:
         name, specifier = todo.pop()
         dist = installed.get(name)
-        if dist is None:  # not installed there: a marker excluded it for this Python
+        if dist is None or name in _CLI_ONLY:  # None: a marker excluded it for this Python
             continue
         if name in needed:
             needed[name][1].append(specifier)

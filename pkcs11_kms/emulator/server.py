@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import signal
 import ssl
@@ -11,19 +10,9 @@ import sys
 import threading
 from typing import Any, Callable
 
+from ..tools.loopback import loopback_host
+
 ENDPOINT_PREFIX = "endpoint: "
-
-
-def loopback_host(host: str) -> str:
-    """``host`` if it is a loopback address ("localhost" means 127.0.0.1), else ValueError."""
-    if host == "localhost":
-        return "127.0.0.1"
-    try:
-        if ipaddress.ip_address(host).is_loopback:
-            return host
-    except ValueError:
-        pass
-    raise ValueError(f"refusing to serve on {host!r}: the emulator binds only loopback addresses")
 
 
 def build_app() -> Callable[..., Any]:
@@ -69,7 +58,11 @@ class _LazyHandshake(ssl.SSLContext):
 def make_server(host: str = "127.0.0.1", port: int = 0, tls_cert: str | None = None,
                 tls_key: str | None = None) -> tuple[Any, str]:
     """A bound, not yet serving, threaded server and its endpoint URL."""
-    host = loopback_host(host)
+    try:
+        host = loopback_host(host)
+    except ValueError:
+        raise ValueError(f"refusing to serve on {host!r}: the emulator binds only loopback "
+                         "addresses") from None
     if bool(tls_cert) != bool(tls_key):
         raise ValueError("HTTPS needs both --tls-cert and --tls-key")
     from moto.moto_server.werkzeug_app import MotoRequestHandler

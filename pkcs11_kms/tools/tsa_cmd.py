@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import ipaddress
 import os
 import signal
 import sys
@@ -13,8 +12,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from asn1crypto import algos, pem, x509
+from pkcs11 import KeyType, Mechanism, PKCS11Error
 
-from .p11client import CKK_EC, CKK_RSA, Pkcs11Failure, Pkcs11Module
+from .loopback import loopback_host
+from .p11client import Pkcs11Module, describe
 from .tsa import (
     DEFAULT_POLICY,
     Signer,
@@ -26,8 +27,8 @@ from .tsa import (
 )
 from .uri import parse_uri
 
-CKM_ECDSA = 0x1041
-CKM_RSA_PKCS_WITH = {"sha256": 0x40, "sha384": 0x41, "sha512": 0x42}  # CKM_SHA*_RSA_PKCS
+RSA_PKCS_WITH = {"sha256": Mechanism.SHA256_RSA_PKCS, "sha384": Mechanism.SHA384_RSA_PKCS,
+                 "sha512": Mechanism.SHA512_RSA_PKCS}
 QUERY_TYPE, REPLY_TYPE = "application/timestamp-query", "application/timestamp-reply"
 MAX_QUERY = 64 * 1024
 
@@ -70,18 +71,19 @@ def make_signer(module: Pkcs11Module, uri_text: str, cert: x509.Certificate,
         key = module.find_key(uri)
     except (ValueError, LookupError) as e:
         raise Failed(f"--key: {e}", 2) from None
-    pin = uri.query.get("pin-value")
     if key.spki is not None and _public_bits(key.spki) != bytes(cert.public_key["public_key"]):
         raise Failed(f"--cert is not the certificate of {key.token_label}/{key.label}: its public "
                      "key differs", 2)
     digest = digest or default_digest(cert.public_key)
-    if key.key_type == CKK_RSA:
+    if not key.can_sign:
+        raise Failed(f"{key.token_label}/{key.label} may not sign: its CKA_SIGN is false")
+    if key.key_type == KeyType.RSA:
         def sign(data: bytes, name: str) -> bytes:
-            return module.sign(key, CKM_RSA_PKCS_WITH[name], data, pin)
+            return module.sign(key, RSA_PKCS_WITH[name], data)
         kind = "rsa"
-    elif key.key_type == CKK_EC:
+    elif key.key_type == KeyType.EC:
         def sign(data: bytes, name: str) -> bytes:
-            raw = module.sign(key, CKM_ECDSA, hashlib.new(name, data).digest(), pin)
+            raw = module.sign(key, Mechanism.ECDSA, hashlib.new(name, data).digest())
             return algos.DSASignature.from_p1363(raw).dump()
         kind = "ec"
     else:
@@ -109,8 +111,8 @@ def run(args: argparse.Namespace) -> int:
     except Failed as e:
         _say(str(e))
         return e.status
-    except Pkcs11Failure as e:
-        _say(f"PKCS#11: {e}")
+    except PKCS11Error as e:
+        _say(f"PKCS#11: {describe(e)}")
         return 1
 
 
@@ -174,14 +176,11 @@ def one_shot(authority: TimeStampAuthority, source: str, target: str) -> int:
 def loopback(host: str) -> str:
     """Only loopback addresses: remote clients reach the TSA through a proxy the user runs (TLS,
     access control), never through a socket this command opens to the network."""
-    address = "127.0.0.1" if host == "localhost" else host
     try:
-        if ipaddress.ip_address(address).is_loopback:
-            return address
+        return loopback_host(host)
     except ValueError:
-        pass
-    raise Failed(f"--host {host}: the TSA listens on loopback addresses only (put a reverse "
-                 "proxy in front of it for other clients)", 2)
+        raise Failed(f"--host {host}: the TSA listens on loopback addresses only (put a reverse "
+                     "proxy in front of it for other clients)", 2) from None
 
 
 def serve(authority: TimeStampAuthority, name: str, host: str, port: int) -> int:
