@@ -25,7 +25,7 @@ CFFI_MODULE = "_kms_pkcs11"  # the embedded module the abi layer imports its ffi
 PROTOTYPE = re.compile(r"^CK_RV (C_\w+)\((.*)\);\s*(/\* C-ONLY \*/)?\s*$")
 
 INIT_CODE = """
-import signal  # imported now, while the C side can still restore the host's SIGINT (DESIGN 2.5)
+import signal  # while the C side can still restore the host's SIGINT (docs/design.md, "Signals")
 import _ssl  # OpenSSL registers its exit cleanup now, before shim.c's kms_at_exit, which then runs first
 import pkcs11_kms.hostsafe
 pkcs11_kms.hostsafe.import_cryptography()  # before anything imports it: not with OPENSSL_CONF

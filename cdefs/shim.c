@@ -150,8 +150,8 @@ static void kms_mark_module_thread(void)
     kms_inside = 1;
 }
 
-/* DESIGN 2.1: hosts dlopen us RTLD_LOCAL, which hides libpython from Python's own extension
-   modules. Re-open libpython into the global scope. */
+/* docs/design.md, "Starting the interpreter": hosts dlopen us RTLD_LOCAL, which hides libpython
+   from Python's own extension modules. Re-open libpython into the global scope. */
 static void kms_promote_libpython(void)
 {
     Dl_info info;
@@ -159,8 +159,8 @@ static void kms_promote_libpython(void)
         (void)dlopen(info.dli_fname, RTLD_NOW | RTLD_GLOBAL | RTLD_NOLOAD);
 }
 
-/* DESIGN 3 (fork): hold the GIL across fork() so the child does not inherit it locked by a thread
-   that no longer exists. Skipped when the forking thread already holds it (os.fork). */
+/* docs/design.md, "Fork": hold the GIL across fork() so the child does not inherit it locked by a
+   thread that no longer exists. Skipped when the forking thread already holds it (os.fork). */
 static void kms_before_fork(void)
 {
     kms_fork_holds_gil = 0;
@@ -211,8 +211,8 @@ static void kms_at_exit(void)
         (void)PyGILState_Ensure();
 }
 
-/* DESIGN 2.4/2.5: an isolated interpreter bound to the Python the module was built for; no signal
-   handlers; the host's SIGINT disposition survives. */
+/* docs/design.md, "Starting the interpreter" and "Signals": an isolated interpreter bound to the
+   Python the module was built for; no signal handlers; the host's SIGINT disposition survives. */
 static int kms_start_interpreter(void)
 {
     PyStatus status;
@@ -289,7 +289,7 @@ static void kms_do_start(void)
 
     kms_promote_libpython();
     if (Py_IsInitialized()) {
-        /* DESIGN 2.6/2.7: inside a Python host, share its interpreter if it is our X.Y. */
+        /* docs/design.md, "Python hosts": share the host's interpreter if it is our X.Y. */
         const char *running = Py_GetVersion();
         size_t n = strlen(KMS_PY_VERSION);
         if (strncmp(running, KMS_PY_VERSION, n) != 0 || running[n] != '.') {

@@ -51,7 +51,7 @@ UNSUPPORTED = [
     *[name for name in PROTOTYPES if "Message" in name],
 ]
 
-# Where the module differs from PKCS#11, with the reason (the README section of that name).
+# Where the module differs from PKCS#11, with the reason (that section of docs/mechanisms.md).
 DEVIATIONS = {
     "any PIN": "C_Login accepts any PIN, even none: KMS authorises every call with IAM",
     "no SO": "there is no security officer: CKU_SO gets CKR_PIN_INCORRECT, "

@@ -8,7 +8,7 @@ import pytest
 from hosts import build_c_host
 from keyseed import REGION, SEED, SeededKey, seed_key, write_config
 
-# Never reach the EC2 metadata service or real AWS from tests (DESIGN section 6).
+# Never reach the EC2 metadata service or real AWS from tests (docs/design.md, "The emulator").
 for _name, _value in {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",

@@ -1,5 +1,5 @@
-"""The built library (DESIGN section 2): what it exports, how it finds libpython, and the build's
-refusal of a Python without a shared libpython."""
+"""The built library (docs/design.md, "The library"): what it exports, how it finds libpython,
+and the build's refusal of a Python without a shared libpython."""
 
 from __future__ import annotations
 

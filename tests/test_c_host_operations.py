@@ -143,7 +143,7 @@ def test_sha1_is_refused_cleanly(setup):
 def test_pkcs11_tool_test_suite(setup, https_kms_server, tmp_path):
     """pkcs11-tool --test on one token per key: the EC and the decryption tokens pass; the RSA
     signing token passes its four signature functions, then stops where pkcs11-tool signs a SHA-1
-    DigestInfo with CKM_RSA_PKCS, which KMS cannot sign (CKR_DATA_INVALID): see the README."""
+    DigestInfo with CKM_RSA_PKCS, which KMS cannot sign (CKR_DATA_INVALID): docs/mechanisms.md."""
     d, env, module, ids = setup
     config = (d / "config.toml").read_text().replace('label = "chost"', "token_per_key = true")
     per_key = tmp_path / "per-key.toml"

@@ -1,5 +1,5 @@
 """End to end through the built library from real C hosts: pkcs11-tool (OpenSC), p11tool (GnuTLS),
-NSS's modutil/certutil and openssl with the libp11 engine (DESIGN 2, 3, 5 and 6).
+NSS's modutil/certutil and openssl with the libp11 engine (docs/design.md, "Consumers").
 
 Every tool is required: a tool missing in CI fails its tests instead of skipping them.
 """
@@ -235,7 +235,7 @@ def test_pkcs11_tool_so_login_fails_cleanly(pkcs11_tool, module_path, env):
 
 
 def test_pkcs11_tool_test_fork(pkcs11_tool, module_path, env):
-    """A forked child calls C_Initialize and must get CKR_OK (DESIGN 3, fork)."""
+    """A forked child calls C_Initialize and must get CKR_OK (docs/design.md, "Fork")."""
     proc = run([pkcs11_tool, "--module", module_path, "--test-fork"], env)
     assert proc.returncode == 0, proc.stderr
     assert "Calling C_Initialize in forked child process" in proc.stdout
@@ -501,7 +501,7 @@ def test_config_lookup_order(pkcs11_tool, module_path, acceptance_config, tmp_pa
     assert re.findall(r"^\s+token label\s+: (.*)$", proc.stdout, re.M) == [expected]
 
 
-# ---- HTTPS to KMS from inside an OpenSSL host (DESIGN 3, "TLS inside a TLS library") ------------
+# ---- HTTPS to KMS from inside an OpenSSL host (docs/design.md, "Inside OpenSSL") ----------------
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,8 @@ import pytest
 
 from pkcs11_kms import config
 from pkcs11_kms.ck import CKR
-from pkcs11_kms.config import Config, KeyRef, TokenConfig, load_config
+from pkcs11_kms.config import Config, Connection, KeyRef, TokenConfig, load_config
 from pkcs11_kms.errors import ConfigError
-from pkcs11_kms.kms.backend import Connection
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY_ID = "1234abcd-12ab-34cd-56ef-1234567890ab"
@@ -371,7 +370,7 @@ def test_examples_say_what_they_show():
 
 def test_reference_documents_every_key():
     reference = (ROOT / "conf" / "config.toml").read_text()
-    docs = (ROOT / "README.md").read_text()
+    docs = (ROOT / "docs" / "configuration.md").read_text()
     for name in config._SETTINGS:
         assert re.search(rf"^# (# )?{name} = ", reference, re.MULTILINE), name
         assert f"`{name}`" in docs, name

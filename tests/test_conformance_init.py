@@ -197,8 +197,8 @@ def test_get_interface(p11):
 
 def test_every_deviation_is_listed():
     """The conformance tests name each deliberate difference from the specification in their
-    docstrings ("Deviation" and its names in brackets); DEVIATIONS (the README's table) lists
-    exactly those, with the reason."""
+    docstrings ("Deviation" and its names in brackets); DEVIATIONS (the table in
+    docs/mechanisms.md) lists exactly those, with the reason."""
     named = set()
     for path in Path(__file__).parent.glob("test_conformance_*.py"):
         for group in re.findall(r'Deviation \(((?:"[^"]+",?\s*)+)\)', path.read_text()):

@@ -1,6 +1,7 @@
 """fork() while another thread is loading a token's keys from KMS: the child, which keeps its
-parent's sessions without calling C_Initialize, must not inherit a lock held for good (DESIGN 3),
-nor modules another thread was importing (docs/design.md, "Fork during import")."""
+parent's sessions without calling C_Initialize, must not inherit a lock held for good
+(docs/design.md, "Fork"), nor modules another thread was importing (docs/design.md,
+"Fork during import")."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The built library from a small C host (tests/harness/p11harness.c): what the stock tools cannot
 reach - the interface list without Python, C_Initialize's arguments, fork, the failed-start path
-and SIGINT (DESIGN 2 and 3)."""
+and SIGINT (docs/design.md, "A failed start", "Signals" and "Fork")."""
 
 from __future__ import annotations
 
@@ -158,7 +158,8 @@ def test_null_init_and_info(harness, module_path, env):
 def test_finalize_after_kms_calls(harness, module_path, env, flags):
     """C_Finalize closes the KMS loop (in our thread, or the caller's when threads are forbidden),
     and the next C_Initialize starts afresh - three rounds, each calling KMS (C_GenerateRandom).
-    A host that passes CKF_LIBRARY_CANT_CREATE_OS_THREADS gets no thread of ours (DESIGN 3)."""
+    A host that passes CKF_LIBRARY_CANT_CREATE_OS_THREADS gets no thread of ours (docs/design.md,
+    "Threads")."""
     proc = run(harness, module_path, "objects", flags, "3", env=env)
     out = lines(proc)
     threads = [int(line.split("=")[1]) for line in out if line.startswith("threads=")]
@@ -181,7 +182,7 @@ def test_finalize_after_kms_calls(harness, module_path, env, flags):
 def test_host_locale_and_signals_untouched(harness, module_path, env, flags, lc_all, host_locale,
                                            locale):
     """The interpreter start must not adopt the environment's locale for the host, nor leave a
-    signal disposition changed (DESIGN 2.4, 2.5) - also after KMS calls."""
+    signal disposition changed (docs/design.md, "Signals") - also after KMS calls."""
     if lc_all:
         env = dict(env, LC_ALL=lc_all)
     args = ["host-state", flags] + ([host_locale] if host_locale else [])
@@ -222,7 +223,7 @@ def test_fork_children_after_kms_calls(harness, module_path, env):
     ]
 
 
-# ---- the failed start (DESIGN 2.2) ---------------------------------------------------------------
+# ---- the failed start (docs/design.md, "A failed start") ----------------------------------------
 
 
 def build_library_for(python: str, out: Path) -> str:
@@ -280,7 +281,7 @@ def test_failed_start_pkcs11_tool(unstartable_module, env):
     assert "Available slots" not in proc.stdout
 
 
-# ---- SIGINT (DESIGN 2.5) -------------------------------------------------------------------------
+# ---- SIGINT (docs/design.md, "Signals") ----------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -318,7 +319,7 @@ def test_threads_sign_concurrently(harness, module_path, env, kms_server):
 def test_sigint_survives_a_package_that_fails_to_load(harness, tmp_path, env):
     """A library bound to the base interpreter (Python starts, `import signal` runs, then the
     pkcs11_kms package is missing): every call is CKR_GENERAL_ERROR and Ctrl-C still stops the
-    host (DESIGN 2.5)."""
+    host (docs/design.md, "Signals")."""
     base = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
     module = build_library_for(base, tmp_path)
     proc = subprocess.run([harness, module, "sigint", "2"], env=env, capture_output=True, text=True,

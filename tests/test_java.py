@@ -2,9 +2,10 @@
 certificates, jarsigner signs jars with RSA and EC keys, and an independent verifier accepts them;
 a JSSE TLS server (KeyStore "PKCS11") serves with the token's RSA key.
 
-Java ignores private keys without a certificate (DESIGN 5): the token gets certificates made by
-signing with its own keys (openssl req -x509 through libp11's engine). conf/java-pkcs11.cfg is the
-configuration users copy; the library path reaches it as the system property pkcs11.kms.library.
+Java ignores private keys without a certificate (docs/design.md, "Java"): the token gets
+certificates made by signing with its own keys (openssl req -x509 through libp11's engine).
+conf/java-pkcs11.cfg is the configuration users copy; the library path reaches it as the system
+property pkcs11.kms.library.
 Every tool is required: a missing one fails the test instead of skipping it.
 """
 

@@ -1,4 +1,4 @@
-"""nginx with a KMS key (DESIGN 3 and 5: fork, workers as nobody with a cleared environment).
+"""nginx with a KMS key (docs/design.md, "nginx"): fork, workers as nobody, a cleared environment.
 
 The example files users copy, conf/nginx-kms.conf and conf/nginx-openssl.conf, are rendered for a
 throwaway prefix (loopback, a free port, temporary paths) and run as they are: the master loads the

@@ -202,7 +202,7 @@ def test_selfserv_serves_tls_with_token_key(nss, selfserv, version, sigalgs, nam
     assert f"subject=CN=nss {name} test" in out.replace(" = ", "=")
     if (version, name) == ("-tls1_2", "rsa"):
         # NSS copies an RSA server key into a session object, the second time with an empty
-        # template (DESIGN 5); both copies must succeed.
+        # template (docs/design.md, "NSS"); both copies must succeed.
         copies = [body for function, body in nss_calls(trace.read_text())
                   if function == "C_CopyObject"]
         assert len(copies) >= 2, copies

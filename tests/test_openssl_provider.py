@@ -201,7 +201,7 @@ def issue(w: ProviderWorkflows, d: Path, name: str, subject: str, extensions: st
 
 
 def test_shipped_config(wf):
-    """What the README promises of the file: `early`, the default provider active, a PIN."""
+    """What docs/openssl.md promises of the file: `early`, the default provider active, a PIN."""
     text = PROVIDER_CONF.read_text()
     for line in ("pkcs11-module-load-behavior = early", "pkcs11-module-token-pin = kms",
                  "pkcs11-module-encode-provider-uri-to-pem = true", MODULE_LINE):
@@ -483,8 +483,8 @@ def test_client_auth_curl_with_uri_key_file(wf, client_auth_server, uri_keys, na
 
 
 def test_cms_encrypt_with_the_provider_loaded(wf, tmp_path):
-    """Unlike libp11's engine (README: `cms -encrypt` with -keyopt fails with the engine config
-    loaded), the provider config leaves software encryption alone."""
+    """Unlike libp11's engine (docs/openssl.md: `cms -encrypt` with -keyopt fails with the engine
+    config loaded), the provider config leaves software encryption alone."""
     message, enc, out = tmp_path / "secret.txt", tmp_path / "secret.p7m", tmp_path / "out"
     message.write_bytes(b"to the KMS key\n")
     wf.ossl("cms", "-encrypt", "-binary", "-aes-256-cbc", "-recip", wf.cert["dec"],

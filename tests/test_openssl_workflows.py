@@ -721,7 +721,7 @@ def test_cms_decrypt_oaep(wf, tmp_path, md):
     """A message encrypted (plain openssl) to the decryption key's certificate with RSA-OAEP;
     `cms -decrypt -inkey URI -recip cert` (with the engine: `-engine pkcs11 -keyform engine`)
     gives it back byte for byte. (The encryption runs without the engine config: see the
-    README's OpenSSL notes.)"""
+    notes of docs/openssl.md.)"""
     message = tmp_path / "secret.bin"
     message.write_bytes(secrets.token_bytes(3000))
     enc = tmp_path / "secret.p7m"

@@ -2,7 +2,7 @@
 
 tests/test_openssl_provider.py drives the real pkcs11-provider (Debian 12's backport, 1.0); these
 tests pin the calls it makes, and those of later versions, in its order, through the PKCS#11 3.0
-function table it uses (DESIGN 3 and 5), so that a failure names the call:
+function table it uses (docs/design.md, "pkcs11-provider"), so that a failure names the call:
 
 - `C_GetInterface("PKCS 11", {3, 0})`, then every call through the returned `CK_FUNCTION_LIST_3_0`
   (never the exported symbols); `C_Initialize` with `CKF_OS_LOCKING_OK` and maybe a config string

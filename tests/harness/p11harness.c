@@ -801,7 +801,8 @@ int main(int argc, char **argv)
         }
     } else if (strcmp(cmd, "host-state") == 0) {
         /* host-state FLAGS [LOCALE]: the module must leave the host's locale (set to LOCALE first
-           when given) and signal dispositions alone (DESIGN 2.4, 2.5), also after KMS calls. */
+           when given) and signal dispositions alone, also after KMS calls (docs/design.md,
+           "Signals"). */
         CK_FLAGS flags = argc > 3 ? strtoul(argv[3], NULL, 0) : 0;
         if (argc > 4 && setlocale(LC_ALL, argv[4]) == NULL)
             printf("setlocale %s failed\n", argv[4]);
@@ -830,7 +831,7 @@ int main(int argc, char **argv)
         printf("C_Finalize rv=0x%lx\n", ((fn_finalize)sym("C_Finalize"))(NULL));
     } else if (strcmp(cmd, "sigint") == 0) {
         /* sigint FLAGS [objects]: start the module (and optionally call KMS), then raise SIGINT.
-           A host with the default disposition must die by the signal (DESIGN 2.5). */
+           A host with the default disposition must die of it (docs/design.md, "Signals"). */
         CK_FLAGS flags = argc > 3 ? strtoul(argv[3], NULL, 0) : 0;
         struct sigaction sa;
         printf("C_Initialize rv=0x%lx\n", initialize(flags, 0, NULL));
