@@ -544,6 +544,16 @@ static int thr_wait_done(int done)
    goes to OUT as "thread call rv data-hex signature-hex". "hang" first prints "others done=D of N"
    once all threads but one have made all their calls (the test holds one request at the KMS
    emulator, and releases it after reading that line). */
+
+/* The buffers of TOTAL signatures (data, signatures, lengths, return values); 0 or -1. */
+static int thr_alloc(size_t total)
+{
+    thr_data = calloc(total, THR_DATA);
+    thr_sigs = calloc(total, THR_SIG);
+    thr_lens = calloc(total, sizeof(CK_ULONG));
+    thr_rvs = calloc(total, sizeof(CK_RV));
+    return thr_data && thr_sigs && thr_lens && thr_rvs ? 0 : -1;
+}
 static int sign_threads(int argc, char **argv, int hang)
 {
     CK_FLAGS flags = argc > 3 ? strtoul(argv[3], NULL, 0) : 2;
@@ -560,11 +570,7 @@ static int sign_threads(int argc, char **argv, int hang)
         return 2;
     }
     size_t total = (size_t)n * (size_t)thr_calls;
-    thr_data = calloc(total, THR_DATA);
-    thr_sigs = calloc(total, THR_SIG);
-    thr_lens = calloc(total, sizeof(CK_ULONG));
-    thr_rvs = calloc(total, sizeof(CK_RV));
-    if (!thr_data || !thr_sigs || !thr_lens || !thr_rvs)
+    if (thr_alloc(total) != 0)
         return 3;
     rv = initialize(flags, 0, NULL);
     printf("C_Initialize rv=0x%lx\n", rv);
@@ -656,11 +662,7 @@ static int exit_finalize(int argc, char **argv)
     atexit(thr_finalize_at_exit); /* before the module's first call registers its own */
     thr_calls = 2;
     size_t total = (size_t)n * 2;
-    thr_data = calloc(total, THR_DATA);
-    thr_sigs = calloc(total, THR_SIG);
-    thr_lens = calloc(total, sizeof(CK_ULONG));
-    thr_rvs = calloc(total, sizeof(CK_RV));
-    if (!thr_data || !thr_sigs || !thr_lens || !thr_rvs)
+    if (thr_alloc(total) != 0)
         return 3;
     CK_RV rv = initialize(flags, 0, NULL);
     printf("C_Initialize rv=0x%lx\n", rv);
