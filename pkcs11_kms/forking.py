@@ -29,10 +29,11 @@ import logging
 import os
 import sys
 import time
-from importlib import _bootstrap  # type: ignore[attr-defined]
+from importlib import _bootstrap
+from importlib.abc import Loader
 from importlib.machinery import ModuleSpec, SourceFileLoader, SourcelessFileLoader
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 log = logging.getLogger("pkcs11_kms")
 
@@ -100,7 +101,10 @@ class _InPlace:
         return self.module
 
     def exec_module(self, module: ModuleType) -> None:
-        self.spec.loader.exec_module(module)  # type: ignore[union-attr]
+        loader = self.spec.loader
+        if loader is None:
+            raise ImportError(f"{module.__name__}: no loader to run it again")
+        loader.exec_module(module)
         self.spec._initializing = False  # type: ignore[attr-defined]
         module.__spec__ = self.spec  # its own loader again
 
@@ -147,8 +151,8 @@ class _Resume:
 
     def find_spec(self, name: str, path: object = None, target: object = None) -> ModuleSpec | None:
         module = self.modules.pop(name, None)
-        if module is not None:
-            old = module.__spec__
+        old = module.__spec__ if module is not None else None
+        if module is not None and old is not None:
             loader: Any = _InPlace(module, old)
             spec = ModuleSpec(name, loader, origin=old.origin)
             spec.submodule_search_locations = old.submodule_search_locations
@@ -161,7 +165,7 @@ class _Resume:
             return None
         found = self._next_spec(name, path, target)
         if found is not None and found.loader is not None:
-            found.loader = _Fresh(found.loader, half, self.refused)
+            found.loader = cast(Loader, _Fresh(found.loader, half, self.refused))
         return found
 
     def _next_spec(self, name: str, path: object, target: object) -> ModuleSpec | None:

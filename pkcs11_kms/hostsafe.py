@@ -168,8 +168,8 @@ def stop_module_thread() -> None:
             import ctypes
 
             found = ctypes.CDLL(getattr(_ssl, "__file__", None)).OPENSSL_thread_stop  # 1.1.0+
-            found.restype = None  # type: ignore[attr-defined]
-            found.argtypes = []  # type: ignore[attr-defined]
+            found.restype = None
+            found.argtypes = []
         except (AttributeError, ImportError, OSError):
             pass
         _thread_stop[:] = [found]

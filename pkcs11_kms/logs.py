@@ -35,7 +35,7 @@ _lock = threading.Lock()
 _handler: logging.Handler | None = None
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _StderrHandler(logging.StreamHandler):
     """Writes to whatever sys.stderr is at the time of the record (pytest swaps it)."""
 
     def __init__(self) -> None:

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 from _kms_pkcs11 import ffi
 
 from ..ck import CKM, CKR
 from ..core import operations as ops
 from ..core import random
+from ..core.mechanisms import Kind
+from ..core.params import MechanismArgs, OaepParams, PssParams
 from ..core.session import session
 from ..errors import PKCS11Error
-from ..mechanisms.params import MechanismArgs, OaepParams, PssParams
+from .cdata import (
+    CK_BYTE_PTR,
+    CK_MECHANISM_PTR,
+    CK_OBJECT_HANDLE,
+    CK_SESSION_HANDLE,
+    CK_ULONG,
+    CK_ULONG_PTR,
+    Struct,
+)
 from .marshal import (
     MAX_PARAMETER,
     NULL,
@@ -21,27 +34,29 @@ from .marshal import (
     write_ulong,
 )
 
+T = TypeVar("T")
+
 PSS = (CKM.RSA_PKCS_PSS, CKM.SHA256_RSA_PKCS_PSS, CKM.SHA384_RSA_PKCS_PSS, CKM.SHA512_RSA_PKCS_PSS)
 
 
-def _pss(p) -> PssParams:  # type: ignore[no-untyped-def]
+def _pss(p: Struct) -> PssParams:
     return PssParams(int(p.hashAlg), int(p.mgf), int(p.sLen))
 
 
-def _oaep(p) -> OaepParams:  # type: ignore[no-untyped-def]
+def _oaep(p: Struct) -> OaepParams:
     return OaepParams(int(p.hashAlg), int(p.mgf), int(p.source),
                       read_bytes(p.pSourceData, p.ulSourceDataLen, MAX_PARAMETER,
                                  CKR.MECHANISM_PARAM_INVALID))
 
 
 # mechanism -> (the C structure of its parameter, its reader)
-PARAMETERS = {
+PARAMETERS: dict[int, tuple[str, Callable[[Struct], PssParams | OaepParams]]] = {
     **{m: ("CK_RSA_PKCS_PSS_PARAMS", _pss) for m in PSS},
     CKM.RSA_PKCS_OAEP: ("CK_RSA_PKCS_OAEP_PARAMS", _oaep),
 }
 
 
-def read_mechanism(pMechanism) -> MechanismArgs | None:  # type: ignore[no-untyped-def]
+def read_mechanism(pMechanism: CK_MECHANISM_PTR) -> MechanismArgs | None:
     if pMechanism == NULL:
         return None
     m = read_struct(pMechanism, "CK_MECHANISM")
@@ -58,7 +73,7 @@ def read_mechanism(pMechanism) -> MechanismArgs | None:  # type: ignore[no-untyp
     return MechanismArgs(mechanism, reader(read_struct(p, struct)))
 
 
-def _produce(output, out, out_len) -> None:  # type: ignore[no-untyped-def]
+def _produce(output: ops.Output, out: CK_BYTE_PTR, out_len: CK_ULONG_PTR) -> None:
     """The two-call convention over a core Output (§5.2)."""
     if output.data is not None:
         write_data(out, output.data)
@@ -67,7 +82,7 @@ def _produce(output, out, out_len) -> None:  # type: ignore[no-untyped-def]
         raise PKCS11Error(CKR.BUFFER_TOO_SMALL)
 
 
-def _arguments(kind, hSession, read):  # type: ignore[no-untyped-def]
+def _arguments(kind: Kind, hSession: CK_SESSION_HANDLE, read: Callable[[], T]) -> T:
     """Reads a call's arguments; bad ones end the operation, as any error but one (§5.2)."""
     try:
         return read()
@@ -76,8 +91,9 @@ def _arguments(kind, hSession, read):  # type: ignore[no-untyped-def]
         raise
 
 
-def _single(kind, hSession, pData, ulDataLen, pOut, pulOutLen):  # type: ignore[no-untyped-def]
-    def read():  # type: ignore[no-untyped-def]
+def _single(kind: Kind, hSession: CK_SESSION_HANDLE, pData: CK_BYTE_PTR, ulDataLen: CK_ULONG,
+            pOut: CK_BYTE_PTR, pulOutLen: CK_ULONG_PTR) -> None:
+    def read() -> tuple[bytes, int | None]:
         capacity = output_capacity(pOut, pulOutLen)
         return read_bytes(pData, ulDataLen), capacity
 
@@ -85,8 +101,9 @@ def _single(kind, hSession, pData, ulDataLen, pOut, pulOutLen):  # type: ignore[
     _produce(ops.single(kind, hSession, data, capacity), pOut, pulOutLen)
 
 
-def _update(kind, hSession, pPart, ulPartLen, pulOutLen=None):  # type: ignore[no-untyped-def]
-    def read():  # type: ignore[no-untyped-def]
+def _update(kind: Kind, hSession: CK_SESSION_HANDLE, pPart: CK_BYTE_PTR, ulPartLen: CK_ULONG,
+            pulOutLen: CK_ULONG_PTR | None = None) -> None:
+    def read() -> bytes:
         if pulOutLen is not None:
             require(pulOutLen)
         return read_bytes(pPart, ulPartLen)
@@ -94,66 +111,86 @@ def _update(kind, hSession, pPart, ulPartLen, pulOutLen=None):  # type: ignore[n
     ops.update(kind, hSession, _arguments(kind, hSession, read))
 
 
-def _final(kind, hSession, pOut, pulOutLen):  # type: ignore[no-untyped-def]
-    def read():  # type: ignore[no-untyped-def]
+def _final(kind: Kind, hSession: CK_SESSION_HANDLE, pOut: CK_BYTE_PTR,
+           pulOutLen: CK_ULONG_PTR) -> None:
+    def read() -> int | None:
         return output_capacity(pOut, pulOutLen)
 
     _produce(ops.final(kind, hSession, _arguments(kind, hSession, read)), pOut, pulOutLen)
 
 
-def _init(kind):  # type: ignore[no-untyped-def]
-    def init(hSession, pMechanism, hKey):  # type: ignore[no-untyped-def]
+def _init(kind: Kind) -> Callable[[CK_SESSION_HANDLE, CK_MECHANISM_PTR, CK_OBJECT_HANDLE], None]:
+    def init(hSession: CK_SESSION_HANDLE, pMechanism: CK_MECHANISM_PTR,
+             hKey: CK_OBJECT_HANDLE) -> None:
         ops.init(kind, hSession, read_mechanism(pMechanism), hKey)
 
     return init
 
 
-C_SignInit = _init(ops.SIGN)
-C_VerifyInit = _init(ops.VERIFY)
-C_EncryptInit = _init(ops.ENCRYPT)
-C_DecryptInit = _init(ops.DECRYPT)
+C_SignInit = _init(Kind.SIGN)
+C_VerifyInit = _init(Kind.VERIFY)
+C_EncryptInit = _init(Kind.ENCRYPT)
+C_DecryptInit = _init(Kind.DECRYPT)
 
 
-def C_Sign(hSession, pData, ulDataLen, pSignature, pulSignatureLen):  # type: ignore[no-untyped-def]
-    _single(ops.SIGN, hSession, pData, ulDataLen, pSignature, pulSignatureLen)
+def C_Sign(
+    hSession: CK_SESSION_HANDLE, pData: CK_BYTE_PTR, ulDataLen: CK_ULONG, pSignature: CK_BYTE_PTR,
+    pulSignatureLen: CK_ULONG_PTR,
+) -> None:
+    _single(Kind.SIGN, hSession, pData, ulDataLen, pSignature, pulSignatureLen)
 
 
-def C_SignUpdate(hSession, pPart, ulPartLen):  # type: ignore[no-untyped-def]
-    _update(ops.SIGN, hSession, pPart, ulPartLen)
+def C_SignUpdate(
+    hSession: CK_SESSION_HANDLE, pPart: CK_BYTE_PTR, ulPartLen: CK_ULONG,
+) -> None:
+    _update(Kind.SIGN, hSession, pPart, ulPartLen)
 
 
-def C_SignFinal(hSession, pSignature, pulSignatureLen):  # type: ignore[no-untyped-def]
-    _final(ops.SIGN, hSession, pSignature, pulSignatureLen)
+def C_SignFinal(
+    hSession: CK_SESSION_HANDLE, pSignature: CK_BYTE_PTR, pulSignatureLen: CK_ULONG_PTR,
+) -> None:
+    _final(Kind.SIGN, hSession, pSignature, pulSignatureLen)
 
 
-def _signature(pSignature, ulSignatureLen) -> bytes:  # type: ignore[no-untyped-def]
+def _signature(pSignature: CK_BYTE_PTR, ulSignatureLen: CK_ULONG) -> bytes:
     return read_bytes(pSignature, ulSignatureLen, MAX_PARAMETER, CKR.SIGNATURE_LEN_RANGE)
 
 
-def C_Verify(hSession, pData, ulDataLen, pSignature, ulSignatureLen):  # type: ignore[no-untyped-def]
-    data, signature = _arguments(ops.VERIFY, hSession, lambda: (
+def C_Verify(
+    hSession: CK_SESSION_HANDLE, pData: CK_BYTE_PTR, ulDataLen: CK_ULONG, pSignature: CK_BYTE_PTR,
+    ulSignatureLen: CK_ULONG,
+) -> None:
+    data, signature = _arguments(Kind.VERIFY, hSession, lambda: (
         read_bytes(pData, ulDataLen), _signature(pSignature, ulSignatureLen)))
     ops.verify(hSession, data, signature)
 
 
-def C_VerifyUpdate(hSession, pPart, ulPartLen):  # type: ignore[no-untyped-def]
-    _update(ops.VERIFY, hSession, pPart, ulPartLen)
+def C_VerifyUpdate(
+    hSession: CK_SESSION_HANDLE, pPart: CK_BYTE_PTR, ulPartLen: CK_ULONG,
+) -> None:
+    _update(Kind.VERIFY, hSession, pPart, ulPartLen)
 
 
-def C_VerifyFinal(hSession, pSignature, ulSignatureLen):  # type: ignore[no-untyped-def]
-    signature = _arguments(ops.VERIFY, hSession, lambda: _signature(pSignature, ulSignatureLen))
+def C_VerifyFinal(
+    hSession: CK_SESSION_HANDLE, pSignature: CK_BYTE_PTR, ulSignatureLen: CK_ULONG,
+) -> None:
+    signature = _arguments(Kind.VERIFY, hSession, lambda: _signature(pSignature, ulSignatureLen))
     ops.verify(hSession, None, signature)
 
 
-def C_Encrypt(hSession, pData, ulDataLen, pEncryptedData, pulEncryptedDataLen):  # type: ignore[no-untyped-def]
-    _single(ops.ENCRYPT, hSession, pData, ulDataLen, pEncryptedData, pulEncryptedDataLen)
+def C_Encrypt(
+    hSession: CK_SESSION_HANDLE, pData: CK_BYTE_PTR, ulDataLen: CK_ULONG,
+    pEncryptedData: CK_BYTE_PTR, pulEncryptedDataLen: CK_ULONG_PTR,
+) -> None:
+    _single(Kind.ENCRYPT, hSession, pData, ulDataLen, pEncryptedData, pulEncryptedDataLen)
 
 
-def _producing_update(kind, hSession, pPart, ulPartLen, pOut, pulOutLen):  # type: ignore[no-untyped-def]
+def _producing_update(kind: Kind, hSession: CK_SESSION_HANDLE, pPart: CK_BYTE_PTR,
+                      ulPartLen: CK_ULONG, pOut: CK_BYTE_PTR, pulOutLen: CK_ULONG_PTR) -> None:
     """RSA-OAEP is one block: an update produces nothing; everything comes out of the final call.
     A NULL output asks for the length only (§5.2): the part is not taken then."""
     if pOut == NULL:
-        def query():  # type: ignore[no-untyped-def]
+        def query() -> None:
             require(pulOutLen)
             if kind not in session(hSession).operations:
                 raise PKCS11Error(CKR.OPERATION_NOT_INITIALIZED, f"no {kind} operation")
@@ -164,50 +201,73 @@ def _producing_update(kind, hSession, pPart, ulPartLen, pOut, pulOutLen):  # typ
     write_ulong(pulOutLen, 0)
 
 
-def C_EncryptUpdate(hSession, pPart, ulPartLen, pEncryptedPart, pulEncryptedPartLen):  # type: ignore[no-untyped-def]
-    _producing_update(ops.ENCRYPT, hSession, pPart, ulPartLen, pEncryptedPart, pulEncryptedPartLen)
+def C_EncryptUpdate(
+    hSession: CK_SESSION_HANDLE, pPart: CK_BYTE_PTR, ulPartLen: CK_ULONG,
+    pEncryptedPart: CK_BYTE_PTR, pulEncryptedPartLen: CK_ULONG_PTR,
+) -> None:
+    _producing_update(Kind.ENCRYPT, hSession, pPart, ulPartLen, pEncryptedPart, pulEncryptedPartLen)
 
 
-def C_EncryptFinal(hSession, pLastEncryptedPart, pulLastEncryptedPartLen):  # type: ignore[no-untyped-def]
-    _final(ops.ENCRYPT, hSession, pLastEncryptedPart, pulLastEncryptedPartLen)
+def C_EncryptFinal(
+    hSession: CK_SESSION_HANDLE, pLastEncryptedPart: CK_BYTE_PTR,
+    pulLastEncryptedPartLen: CK_ULONG_PTR,
+) -> None:
+    _final(Kind.ENCRYPT, hSession, pLastEncryptedPart, pulLastEncryptedPartLen)
 
 
-def C_Decrypt(hSession, pEncryptedData, ulEncryptedDataLen, pData, pulDataLen):  # type: ignore[no-untyped-def]
-    _single(ops.DECRYPT, hSession, pEncryptedData, ulEncryptedDataLen, pData, pulDataLen)
+def C_Decrypt(
+    hSession: CK_SESSION_HANDLE, pEncryptedData: CK_BYTE_PTR, ulEncryptedDataLen: CK_ULONG,
+    pData: CK_BYTE_PTR, pulDataLen: CK_ULONG_PTR,
+) -> None:
+    _single(Kind.DECRYPT, hSession, pEncryptedData, ulEncryptedDataLen, pData, pulDataLen)
 
 
-def C_DecryptUpdate(hSession, pEncryptedPart, ulEncryptedPartLen, pPart, pulPartLen):  # type: ignore[no-untyped-def]
-    _producing_update(ops.DECRYPT, hSession, pEncryptedPart, ulEncryptedPartLen, pPart, pulPartLen)
+def C_DecryptUpdate(
+    hSession: CK_SESSION_HANDLE, pEncryptedPart: CK_BYTE_PTR, ulEncryptedPartLen: CK_ULONG,
+    pPart: CK_BYTE_PTR, pulPartLen: CK_ULONG_PTR,
+) -> None:
+    _producing_update(Kind.DECRYPT, hSession, pEncryptedPart, ulEncryptedPartLen, pPart, pulPartLen)
 
 
-def C_DecryptFinal(hSession, pLastPart, pulLastPartLen):  # type: ignore[no-untyped-def]
-    _final(ops.DECRYPT, hSession, pLastPart, pulLastPartLen)
+def C_DecryptFinal(
+    hSession: CK_SESSION_HANDLE, pLastPart: CK_BYTE_PTR, pulLastPartLen: CK_ULONG_PTR,
+) -> None:
+    _final(Kind.DECRYPT, hSession, pLastPart, pulLastPartLen)
 
 
-def C_DigestInit(hSession, pMechanism):  # type: ignore[no-untyped-def]
+def C_DigestInit(hSession: CK_SESSION_HANDLE, pMechanism: CK_MECHANISM_PTR) -> None:
     ops.digest_init(hSession, read_mechanism(pMechanism))
 
 
-def C_Digest(hSession, pData, ulDataLen, pDigest, pulDigestLen):  # type: ignore[no-untyped-def]
-    _single(ops.DIGEST, hSession, pData, ulDataLen, pDigest, pulDigestLen)
+def C_Digest(
+    hSession: CK_SESSION_HANDLE, pData: CK_BYTE_PTR, ulDataLen: CK_ULONG, pDigest: CK_BYTE_PTR,
+    pulDigestLen: CK_ULONG_PTR,
+) -> None:
+    _single(Kind.DIGEST, hSession, pData, ulDataLen, pDigest, pulDigestLen)
 
 
-def C_DigestUpdate(hSession, pPart, ulPartLen):  # type: ignore[no-untyped-def]
-    _update(ops.DIGEST, hSession, pPart, ulPartLen)
+def C_DigestUpdate(
+    hSession: CK_SESSION_HANDLE, pPart: CK_BYTE_PTR, ulPartLen: CK_ULONG,
+) -> None:
+    _update(Kind.DIGEST, hSession, pPart, ulPartLen)
 
 
-def C_DigestFinal(hSession, pDigest, pulDigestLen):  # type: ignore[no-untyped-def]
-    _final(ops.DIGEST, hSession, pDigest, pulDigestLen)
+def C_DigestFinal(
+    hSession: CK_SESSION_HANDLE, pDigest: CK_BYTE_PTR, pulDigestLen: CK_ULONG_PTR,
+) -> None:
+    _final(Kind.DIGEST, hSession, pDigest, pulDigestLen)
 
 
-def C_DigestKey(hSession, hKey):  # type: ignore[no-untyped-def]
+def C_DigestKey(hSession: CK_SESSION_HANDLE, hKey: CK_OBJECT_HANDLE) -> None:
     ops.digest_key(hSession, hKey)
 
 
 MAX_RANDOM = 1024 * 1024  # bytes one C_GenerateRandom gives (KMS gives 1024 a request)
 
 
-def C_GenerateRandom(hSession, RandomData, ulRandomLen):  # type: ignore[no-untyped-def]
+def C_GenerateRandom(
+    hSession: CK_SESSION_HANDLE, RandomData: CK_BYTE_PTR, ulRandomLen: CK_ULONG,
+) -> None:
     if ulRandomLen:
         require(RandomData)
     if ulRandomLen > MAX_RANDOM:
@@ -215,7 +275,9 @@ def C_GenerateRandom(hSession, RandomData, ulRandomLen):  # type: ignore[no-unty
     write_data(RandomData, random.generate_random(hSession, ulRandomLen))
 
 
-def C_SeedRandom(hSession, pSeed, ulSeedLen):  # type: ignore[no-untyped-def]
+def C_SeedRandom(
+    hSession: CK_SESSION_HANDLE, pSeed: CK_BYTE_PTR, ulSeedLen: CK_ULONG,
+) -> None:
     random.seed_random(hSession)
 
 

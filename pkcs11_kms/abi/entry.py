@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, cast
 
 from _kms_pkcs11 import ffi, lib
 
@@ -15,16 +18,18 @@ from ..core.module import module
 from ..core.session import session
 from ..errors import PKCS11Error
 from . import crypto, functions
+from .cdata import CData
 
 log = logging.getLogger("pkcs11_kms.abi")
 
 # Looked up on every call, so a test in a Python host can swap one in to prove the guard.
-IMPLEMENTATIONS = {
+IMPLEMENTATIONS: dict[str, Callable[..., int | None]] = {
     name: getattr(module, name) for module in (functions, crypto) for name in module.__all__
 }
 
 
-def _last_resort(exc_type, exc_value, traceback) -> None:  # type: ignore[no-untyped-def]
+def _last_resort(exc_type: type[BaseException], exc_value: BaseException,
+                 traceback: TracebackType | None) -> None:
     """cffi calls this when a callback itself could not return (it then returns the error value)."""
     log.error("internal error in a PKCS#11 callback: %s", exc_type.__name__)
 
@@ -58,14 +63,14 @@ def _device_error(e: BaseException) -> int:
     return 0
 
 
-def _guarded(name: str):  # type: ignore[no-untyped-def]
+def _guarded(name: str) -> Callable[..., int]:
     """Order in every function (docs/design.md, "Return codes"): initialised, then the session
     handle (before any host pointer is read), then the arguments."""
     takes_session = name not in returns.SESSIONLESS
     keeps_device_error = name == "C_GetSessionInfo"
     finalize = name == "C_Finalize"
 
-    def callback(*args, _finalizing=sys.is_finalizing):  # type: ignore[no-untyped-def]
+    def callback(*args: int | CData, _finalizing: Callable[[], bool] = sys.is_finalizing) -> int:
         if finalize and _finalizing():
             # The host's interpreter is tearing its modules down, ours too (python-pkcs11 calls
             # C_Finalize from a finaliser): the module's state goes with the interpreter.
@@ -78,7 +83,7 @@ def _guarded(name: str):  # type: ignore[no-untyped-def]
                 module()  # CKR_CRYPTOKI_NOT_INITIALIZED before any pointer is read
             implementation = IMPLEMENTATIONS.get(name, _not_supported)
             if takes_session and implementation is not _not_supported:
-                s = session(args[0])
+                s = session(cast(int, args[0]))  # a CK_SESSION_HANDLE: first in every such function
                 if not keeps_device_error:
                     s.device_error = 0  # ulDeviceError tells of the last call in the session
             rv = implementation(*args)
@@ -92,7 +97,7 @@ def _guarded(name: str):  # type: ignore[no-untyped-def]
         except MemoryError:
             log.error("%s: out of memory", name)
             return int(CKR.HOST_MEMORY)
-        except BaseException:  # noqa: BLE001 - SystemExit and KeyboardInterrupt too: never CKR_OK
+        except BaseException:
             log.exception("%s failed", name)
             return int(CKR.GENERAL_ERROR)
         finally:
@@ -105,8 +110,9 @@ def _guarded(name: str):  # type: ignore[no-untyped-def]
 def attach_all() -> list[str]:
     """Registers every `py_C_*` callback the library declares; returns the names."""
     names = sorted(n[3:] for n in dir(lib) if n.startswith("py_C_"))
+    extern: Any = ffi.def_extern  # returns the decorator (types-cffi says None)
     for name in names:
-        ffi.def_extern(name="py_" + name, error=int(CKR.GENERAL_ERROR), onerror=_last_resort)(
+        extern(name="py_" + name, error=int(CKR.GENERAL_ERROR), onerror=_last_resort)(
             _guarded(name)
         )
     return names

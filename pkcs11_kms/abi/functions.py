@@ -7,12 +7,39 @@ from _kms_pkcs11 import ffi, lib
 from ..ck import CKR
 from ..core import access, module, session, slots
 from ..errors import PKCS11Error
+from .cdata import (
+    CK_ATTRIBUTE_PTR,
+    CK_BBOOL,
+    CK_FLAGS,
+    CK_INFO_PTR,
+    CK_MECHANISM_INFO_PTR,
+    CK_MECHANISM_TYPE,
+    CK_MECHANISM_TYPE_PTR,
+    CK_NOTIFY,
+    CK_OBJECT_HANDLE,
+    CK_OBJECT_HANDLE_PTR,
+    CK_RV,
+    CK_SESSION_HANDLE,
+    CK_SESSION_HANDLE_PTR,
+    CK_SESSION_INFO_PTR,
+    CK_SLOT_ID,
+    CK_SLOT_ID_PTR,
+    CK_SLOT_INFO_PTR,
+    CK_TOKEN_INFO_PTR,
+    CK_ULONG,
+    CK_ULONG_PTR,
+    CK_USER_TYPE,
+    CK_UTF8CHAR_PTR,
+    CK_VOID_PTR,
+)
 from .marshal import (
     MAX_HANDLES,
     NULL,
     ULONG_SIZE,
     copy_out,
     fill_attributes,
+    new_struct,
+    read_local,
     read_struct,
     read_template,
     read_template_array,
@@ -29,9 +56,10 @@ from .marshal import (
 _RESERVED_MAX = 4096  # a config file path
 
 
-def C_Initialize(pInitArgs):  # type: ignore[no-untyped-def]
+def C_Initialize(pInitArgs: CK_VOID_PTR) -> None:
     if pInitArgs == NULL:
-        return module.initialize(module.InitArgs())
+        module.initialize(module.InitArgs())
+        return
     args = read_struct(ffi.cast("CK_C_INITIALIZE_ARGS *", pInitArgs), "CK_C_INITIALIZE_ARGS")
     callbacks = sum(
         f != NULL for f in (args.CreateMutex, args.DestroyMutex, args.LockMutex, args.UnlockMutex)
@@ -42,19 +70,20 @@ def C_Initialize(pInitArgs):  # type: ignore[no-untyped-def]
         length = lib.kms_read_c_string(args.pReserved, buffer, _RESERVED_MAX)
         if length < 0:
             raise PKCS11Error(CKR.ARGUMENTS_BAD, "pReserved is neither NULL nor a string")
-        reserved = ffi.string(buffer, length).decode("utf-8", "replace")
+        reserved = read_local(buffer, length).decode("utf-8", "replace")
     module.initialize(module.InitArgs(int(args.flags), callbacks, reserved))
 
 
-def C_Finalize(pReserved):  # type: ignore[no-untyped-def]
+def C_Finalize(pReserved: CK_VOID_PTR) -> CK_RV | None:
     if pReserved != NULL:
         return CKR.ARGUMENTS_BAD
     module.finalize()
+    return None
 
 
-def C_GetInfo(pInfo):  # type: ignore[no-untyped-def]
+def C_GetInfo(pInfo: CK_INFO_PTR) -> None:
     info = module.get_info()
-    out = ffi.new("CK_INFO *")
+    out = new_struct("CK_INFO")
     set_version(out.cryptokiVersion, info.cryptoki_version)
     set_text(out.manufacturerID, info.manufacturer, 32)
     out.flags = info.flags
@@ -66,14 +95,16 @@ def C_GetInfo(pInfo):  # type: ignore[no-untyped-def]
 # ---- Slots and tokens (§5.5) ----
 
 
-def C_GetSlotList(tokenPresent, pSlotList, pulCount):  # type: ignore[no-untyped-def]
+def C_GetSlotList(
+    tokenPresent: CK_BBOOL, pSlotList: CK_SLOT_ID_PTR, pulCount: CK_ULONG_PTR,
+) -> None:
     require(pulCount)
     write_ulongs(slots.get_slot_list(bool(tokenPresent)), pSlotList, pulCount)
 
 
-def C_GetSlotInfo(slotID, pInfo):  # type: ignore[no-untyped-def]
+def C_GetSlotInfo(slotID: CK_SLOT_ID, pInfo: CK_SLOT_INFO_PTR) -> None:
     info = slots.get_slot_info(slotID)
-    out = ffi.new("CK_SLOT_INFO *")
+    out = new_struct("CK_SLOT_INFO")
     set_text(out.slotDescription, info.description, 64)
     set_text(out.manufacturerID, info.manufacturer, 32)
     out.flags = info.flags
@@ -82,10 +113,10 @@ def C_GetSlotInfo(slotID, pInfo):  # type: ignore[no-untyped-def]
     write_struct(pInfo, out)
 
 
-def C_GetTokenInfo(slotID, pInfo):  # type: ignore[no-untyped-def]
+def C_GetTokenInfo(slotID: CK_SLOT_ID, pInfo: CK_TOKEN_INFO_PTR) -> None:
     info = slots.get_token_info(slotID)
     require(pInfo)
-    out = ffi.new("CK_TOKEN_INFO *")
+    out = new_struct("CK_TOKEN_INFO")
     set_text(out.label, info.label, 32)
     set_text(out.manufacturerID, info.manufacturer, 32)
     set_text(out.model, info.model, 16)
@@ -107,20 +138,27 @@ def C_GetTokenInfo(slotID, pInfo):  # type: ignore[no-untyped-def]
     write_struct(pInfo, out)
 
 
-def C_GetMechanismList(slotID, pMechanismList, pulCount):  # type: ignore[no-untyped-def]
+def C_GetMechanismList(
+    slotID: CK_SLOT_ID, pMechanismList: CK_MECHANISM_TYPE_PTR, pulCount: CK_ULONG_PTR,
+) -> None:
     require(pulCount)
     write_ulongs(slots.get_mechanism_list(slotID), pMechanismList, pulCount)
 
 
-def C_GetMechanismInfo(slotID, type, pInfo):  # type: ignore[no-untyped-def]  # noqa: A002
+def C_GetMechanismInfo(
+    slotID: CK_SLOT_ID, type: CK_MECHANISM_TYPE, pInfo: CK_MECHANISM_INFO_PTR,
+) -> None:
     low, high, flags = slots.get_mechanism_info(slotID, type)
-    write_struct(pInfo, ffi.new("CK_MECHANISM_INFO *", (low, high, flags)))
+    write_struct(pInfo, new_struct("CK_MECHANISM_INFO", (low, high, flags)))
 
 
 # ---- Sessions (§5.6) ----
 
 
-def C_OpenSession(slotID, flags, pApplication, Notify, phSession):  # type: ignore[no-untyped-def]
+def C_OpenSession(
+    slotID: CK_SLOT_ID, flags: CK_FLAGS, pApplication: CK_VOID_PTR, Notify: CK_NOTIFY,
+    phSession: CK_SESSION_HANDLE_PTR,
+) -> None:
     require(phSession)
     handle = session.open_session(slotID, flags)  # the handle is written only when it exists
     try:
@@ -130,21 +168,23 @@ def C_OpenSession(slotID, flags, pApplication, Notify, phSession):  # type: igno
         raise
 
 
-def C_CloseSession(hSession):  # type: ignore[no-untyped-def]
+def C_CloseSession(hSession: CK_SESSION_HANDLE) -> None:
     session.close_session(hSession)
 
 
-def C_CloseAllSessions(slotID):  # type: ignore[no-untyped-def]
+def C_CloseAllSessions(slotID: CK_SLOT_ID) -> None:
     session.close_all_sessions(slotID)
 
 
-def C_GetSessionInfo(hSession, pInfo):  # type: ignore[no-untyped-def]
+def C_GetSessionInfo(hSession: CK_SESSION_HANDLE, pInfo: CK_SESSION_INFO_PTR) -> None:
     info = session.get_session_info(hSession)
-    write_struct(pInfo, ffi.new("CK_SESSION_INFO *", (
+    write_struct(pInfo, new_struct("CK_SESSION_INFO", (
         info.slot_id, info.state, info.flags, info.device_error)))
 
 
-def C_Login(hSession, userType, pPin, ulPinLen):  # type: ignore[no-untyped-def]
+def C_Login(
+    hSession: CK_SESSION_HANDLE, userType: CK_USER_TYPE, pPin: CK_UTF8CHAR_PTR, ulPinLen: CK_ULONG,
+) -> None:
     # Any PIN is accepted (KMS authorises with IAM): the PIN is never read, so never logged.
     # NULL is for a protected authentication path, and only with no length (§5.6).
     if pPin == NULL and ulPinLen:
@@ -152,24 +192,32 @@ def C_Login(hSession, userType, pPin, ulPinLen):  # type: ignore[no-untyped-def]
     session.login(hSession, userType)
 
 
-def C_LoginUser(hSession, userType, pPin, ulPinLen, pUsername, ulUsernameLen):  # type: ignore[no-untyped-def]
+def C_LoginUser(
+    hSession: CK_SESSION_HANDLE, userType: CK_USER_TYPE, pPin: CK_UTF8CHAR_PTR, ulPinLen: CK_ULONG,
+    pUsername: CK_UTF8CHAR_PTR, ulUsernameLen: CK_ULONG,
+) -> None:
     if pUsername == NULL and ulUsernameLen:
         raise PKCS11Error(CKR.ARGUMENTS_BAD, "NULL user name with a length")
     C_Login(hSession, userType, pPin, ulPinLen)
 
 
-def C_Logout(hSession):  # type: ignore[no-untyped-def]
+def C_Logout(hSession: CK_SESSION_HANDLE) -> None:
     session.logout(hSession)
 
 
 # ---- Objects (§5.7) ----
 
 
-def C_FindObjectsInit(hSession, pTemplate, ulCount):  # type: ignore[no-untyped-def]
+def C_FindObjectsInit(
+    hSession: CK_SESSION_HANDLE, pTemplate: CK_ATTRIBUTE_PTR, ulCount: CK_ULONG,
+) -> None:
     access.find_objects_init(hSession, read_template(pTemplate, ulCount))
 
 
-def C_FindObjects(hSession, phObject, ulMaxObjectCount, pulObjectCount):  # type: ignore[no-untyped-def]
+def C_FindObjects(
+    hSession: CK_SESSION_HANDLE, phObject: CK_OBJECT_HANDLE_PTR, ulMaxObjectCount: CK_ULONG,
+    pulObjectCount: CK_ULONG_PTR,
+) -> None:
     require(pulObjectCount)
     if ulMaxObjectCount:
         require(phObject)
@@ -182,11 +230,14 @@ def C_FindObjects(hSession, phObject, ulMaxObjectCount, pulObjectCount):  # type
     access.find_objects(hSession, min(ulMaxObjectCount, MAX_HANDLES), deliver)
 
 
-def C_FindObjectsFinal(hSession):  # type: ignore[no-untyped-def]
+def C_FindObjectsFinal(hSession: CK_SESSION_HANDLE) -> None:
     access.find_objects_final(hSession)
 
 
-def C_GetAttributeValue(hSession, hObject, pTemplate, ulCount):  # type: ignore[no-untyped-def]
+def C_GetAttributeValue(
+    hSession: CK_SESSION_HANDLE, hObject: CK_OBJECT_HANDLE, pTemplate: CK_ATTRIBUTE_PTR,
+    ulCount: CK_ULONG,
+) -> CK_RV | None:
     if ulCount == 0:
         access.attribute_values(hSession, hObject, [])
         return None
@@ -195,7 +246,10 @@ def C_GetAttributeValue(hSession, hObject, pTemplate, ulCount):  # type: ignore[
     return fill_attributes(pTemplate, template, access.attribute_values(hSession, hObject, types))
 
 
-def C_CopyObject(hSession, hObject, pTemplate, ulCount, phNewObject):  # type: ignore[no-untyped-def]
+def C_CopyObject(
+    hSession: CK_SESSION_HANDLE, hObject: CK_OBJECT_HANDLE, pTemplate: CK_ATTRIBUTE_PTR,
+    ulCount: CK_ULONG, phNewObject: CK_OBJECT_HANDLE_PTR,
+) -> None:
     require(phNewObject)
     handle = access.copy_object(hSession, hObject, read_template(pTemplate, ulCount))
     try:
@@ -205,21 +259,23 @@ def C_CopyObject(hSession, hObject, pTemplate, ulCount, phNewObject):  # type: i
         raise
 
 
-def C_DestroyObject(hSession, hObject):  # type: ignore[no-untyped-def]
+def C_DestroyObject(hSession: CK_SESSION_HANDLE, hObject: CK_OBJECT_HANDLE) -> None:
     access.destroy_object(hSession, hObject)
 
 
-def C_GetFunctionStatus(hSession):  # type: ignore[no-untyped-def]
+def C_GetFunctionStatus(hSession: CK_SESSION_HANDLE) -> CK_RV:
     session.session(hSession)
     return CKR.FUNCTION_NOT_PARALLEL  # §5.20: the legacy parallel-function calls
 
 
-def C_CancelFunction(hSession):  # type: ignore[no-untyped-def]
+def C_CancelFunction(hSession: CK_SESSION_HANDLE) -> CK_RV:
     session.session(hSession)
     return CKR.FUNCTION_NOT_PARALLEL
 
 
-def C_GetObjectSize(hSession, hObject, pulSize):  # type: ignore[no-untyped-def]
+def C_GetObjectSize(
+    hSession: CK_SESSION_HANDLE, hObject: CK_OBJECT_HANDLE, pulSize: CK_ULONG_PTR,
+) -> None:
     write_ulong(pulSize, access.object_size(hSession, hObject))
 
 

@@ -9,11 +9,13 @@ as a local copy, and copied out. Lengths are capped before anything is allocated
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 from _kms_pkcs11 import ffi, lib
 
 from ..ck import CK_UNAVAILABLE_INFORMATION, CKR
 from ..errors import PKCS11Error
+from .cdata import CData, Struct
 
 NULL = ffi.NULL
 
@@ -38,41 +40,46 @@ def require(*pointers: object) -> None:
         raise bad("a required pointer is NULL")
 
 
-def copy_in(local, pointer, size: int) -> None:  # type: ignore[no-untyped-def]
+def copy_in(local: CData, pointer: CData, size: int) -> None:
     """Copies `size` bytes at the host's `pointer` into our `local` cdata."""
     if size and lib.kms_copy_in(local, pointer, size) != 0:
         raise bad("an input pointer is not readable")
 
 
-def copy_out(pointer, local, size: int) -> None:  # type: ignore[no-untyped-def]
+def copy_out(pointer: CData, local: CData | bytes, size: int) -> None:
     """Copies `size` bytes of our `local` cdata (or bytes) to the host's `pointer`."""
     if size and lib.kms_copy_out(pointer, local, size) != 0:
         raise bad("an output pointer is not writable")
 
 
-def read_struct(pointer, ctype: str):  # type: ignore[no-untyped-def]
+def new_struct(ctype: str, init: object = None) -> Struct:
+    """A local `ctype *`, zeroed or initialised from `init`."""
+    return ffi.new(ctype + " *", init)
+
+
+def read_struct(pointer: CData, ctype: str) -> Struct:
     """A local copy of the `ctype` structure at `pointer` (a `ctype *`)."""
     require(pointer)
-    local = ffi.new(ctype + " *")
+    local = new_struct(ctype)
     copy_in(local, pointer, ffi.sizeof(ctype))
     return local
 
 
-def write_struct(pointer, local) -> None:  # type: ignore[no-untyped-def]
+def write_struct(pointer: CData, local: Struct) -> None:
     require(pointer)
     copy_out(pointer, local, ffi.sizeof(local[0]))
 
 
-def read_ulong(pointer) -> int:  # type: ignore[no-untyped-def]
+def read_ulong(pointer: CData) -> int:
     return int(read_struct(pointer, "CK_ULONG")[0])
 
 
-def write_ulong(pointer, value: int) -> None:  # type: ignore[no-untyped-def]
+def write_ulong(pointer: CData, value: int) -> None:
     require(pointer)
     copy_out(pointer, ffi.new("CK_ULONG *", value), ULONG_SIZE)
 
 
-def read_bytes(pointer, length: int, limit: int = MAX_DATA,  # type: ignore[no-untyped-def]
+def read_bytes(pointer: CData, length: int, limit: int = MAX_DATA,
                too_long: CKR = CKR.DATA_LEN_RANGE) -> bytes:
     if length == 0:
         return b""
@@ -81,10 +88,15 @@ def read_bytes(pointer, length: int, limit: int = MAX_DATA,  # type: ignore[no-u
     require(pointer)
     local = ffi.new("char[]", length)
     copy_in(local, pointer, length)
-    return ffi.unpack(local, length)
+    return read_local(local, length)
 
 
-def write_data(pointer, data: bytes) -> None:  # type: ignore[no-untyped-def]
+def read_local(local: CData, length: int) -> bytes:
+    """The first `length` bytes of our own `char[]`."""
+    return cast(bytes, ffi.unpack(local, length))
+
+
+def write_data(pointer: CData, data: bytes) -> None:
     if data:
         copy_out(pointer, ffi.from_buffer(data), len(data))
 
@@ -95,16 +107,16 @@ def blank_padded(text: str, size: int) -> bytes:
     return raw + b" " * (size - len(raw))
 
 
-def set_text(field, text: str, size: int) -> None:  # type: ignore[no-untyped-def]
+def set_text(field: Struct, text: str, size: int) -> None:
     """Fills a field of a local structure."""
     ffi.memmove(field, blank_padded(text, size), size)
 
 
-def set_version(field, version: tuple[int, int]) -> None:  # type: ignore[no-untyped-def]
+def set_version(field: Struct, version: tuple[int, int]) -> None:
     field.major, field.minor = version
 
 
-def read_template_array(pointer, count: int):  # type: ignore[no-untyped-def]
+def read_template_array(pointer: CData, count: int) -> Struct:
     """A local copy of `count` CK_ATTRIBUTEs (their values stay in the host)."""
     if count > MAX_TEMPLATE:
         raise bad(f"{count} attributes")
@@ -114,7 +126,7 @@ def read_template_array(pointer, count: int):  # type: ignore[no-untyped-def]
     return local
 
 
-def read_template(pointer, count: int) -> list[tuple[int, bytes]]:  # type: ignore[no-untyped-def]
+def read_template(pointer: CData, count: int) -> list[tuple[int, bytes]]:
     if count == 0:
         return []
     out = []
@@ -126,7 +138,7 @@ def read_template(pointer, count: int) -> list[tuple[int, bytes]]:  # type: igno
     return out
 
 
-def write_ulongs(values: Sequence[int], out, count_ptr) -> None:  # type: ignore[no-untyped-def]
+def write_ulongs(values: Sequence[int], out: CData, count_ptr: CData) -> None:
     """The two-call convention for CK_ULONG arrays (§5.2): NULL asks for the count."""
     require(count_ptr)
     n = len(values)
@@ -139,13 +151,13 @@ def write_ulongs(values: Sequence[int], out, count_ptr) -> None:  # type: ignore
     write_ulong(count_ptr, n)
 
 
-def output_capacity(out, length_ptr) -> int | None:  # type: ignore[no-untyped-def]
+def output_capacity(out: CData, length_ptr: CData) -> int | None:
     """A producing call's buffer size; None when `out` is NULL (the caller asks for the length)."""
     require(length_ptr)
     return None if out == NULL else read_ulong(length_ptr)
 
 
-def fill_attributes(pointer, template, values: Sequence[bytes | CKR]) -> CKR:  # type: ignore[no-untyped-def]
+def fill_attributes(pointer: CData, template: Struct, values: Sequence[bytes | CKR]) -> CKR:
     """C_GetAttributeValue's five cases (§5.7) on the local `template`, copied back to `pointer`:
     every attribute is processed, even after a failure."""
     rv = CKR.OK

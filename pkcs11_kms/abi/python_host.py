@@ -13,27 +13,32 @@ start fails with one line saying what to install where. Nothing else of the host
 changes, and sys.path is not edited.
 """
 
+from __future__ import annotations
+
 import importlib.machinery
 import importlib.metadata
 import os
 import re
 import sys
+from collections.abc import Iterable, Iterator, Sequence
+from importlib.machinery import ModuleSpec
+from importlib.metadata import Distribution
 
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*(.*)$")
 _CLAUSE = re.compile(r"^\s*(~=|==|!=|<=|>=|<|>)\s*([0-9][0-9A-Za-z.*+!-]*)\s*$")
 
 
-def _normal(name):
+def _normal(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _release(version):
+def _release(version: str) -> tuple[int, ...]:
     """The numeric release of a version string, as a tuple (pre-releases count as their release)."""
     match = re.match(r"\d+(?:\.\d+)*", version)
     return tuple(int(p) for p in match.group(0).split(".")) if match else ()
 
 
-def _satisfies(version, specifier):
+def _satisfies(version: str, specifier: str) -> bool:
     """Whether `version` meets a PEP 440 specifier such as ">=1.2,<2" (release numbers only)."""
     have = _release(version)
     for clause in filter(None, (c.strip() for c in specifier.split(","))):
@@ -60,7 +65,7 @@ def _satisfies(version, specifier):
     return True
 
 
-def _requirements(dist):
+def _requirements(dist: Distribution) -> Iterator[tuple[str, str]]:
     """(name, specifier) of each requirement that is not for an extra."""
     for line in dist.requires or ():
         text, _, marker = line.partition(";")
@@ -72,12 +77,12 @@ def _requirements(dist):
             yield _normal(match.group(1)), specifier
 
 
-def _top_level(dist):
+def _top_level(dist: Distribution) -> set[str]:
     """The top-level import names a distribution installs."""
     text = dist.read_text("top_level.txt")
     if text:
         return {n.strip() for n in text.split() if n.strip()}
-    names = set()
+    names: set[str] = set()
     for path in dist.files or ():
         first = path.parts[0]
         if first.endswith((".dist-info", ".egg-info", ".pth")) or first in ("..", "__pycache__"):
@@ -91,27 +96,30 @@ def _top_level(dist):
 _CLI_ONLY = frozenset({"python-pkcs11"})
 
 
-def _closure(site_dirs):
+Closure = dict[str, tuple[Distribution, list[str]]]  # name -> (its distribution, specifiers)
+
+
+def _closure(site_dirs: Iterable[str]) -> Closure:
     """pkcs11-kms and what it needs, as installed in its environment: name -> (dist, specifiers)."""
-    installed = {}
+    installed: dict[str, Distribution] = {}
     for dist in importlib.metadata.distributions(path=list(site_dirs)):
         installed.setdefault(_normal(dist.metadata["Name"]), dist)
-    needed = {}
+    needed: Closure = {}
     todo = [("pkcs11-kms", "")]
     while todo:
         name, specifier = todo.pop()
-        dist = installed.get(name)
-        if dist is None or name in _CLI_ONLY:  # None: a marker excluded it for this Python
+        found = installed.get(name)
+        if found is None or name in _CLI_ONLY:  # None: a marker excluded it for this Python
             continue
         if name in needed:
             needed[name][1].append(specifier)
             continue
-        needed[name] = (dist, [specifier])
-        todo.extend(_requirements(dist))
+        needed[name] = (found, [specifier])
+        todo.extend(_requirements(found))
     return needed
 
 
-def _host_version(name):
+def _host_version(name: str) -> str | None:
     try:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
@@ -123,20 +131,21 @@ class _OwnFinder:
 
     _pkcs11_kms = True
 
-    def __init__(self, names, search):
+    def __init__(self, names: Iterable[str], search: Iterable[str]) -> None:
         self.names = frozenset(names)
         self.search = list(search)
 
-    def find_spec(self, fullname, path=None, target=None):
+    def find_spec(self, fullname: str, path: Sequence[str] | None = None,
+                  target: object = None) -> ModuleSpec | None:
         if path is not None or fullname not in self.names:
             return None  # submodules come from their package's __path__
         return importlib.machinery.PathFinder.find_spec(fullname, self.search)
 
-    def invalidate_caches(self):
+    def invalidate_caches(self) -> None:
         pass
 
 
-def prepare(library, site_dirs):
+def prepare(library: str, site_dirs: Sequence[str]) -> str | None:
     """Returns None when the module's package can be imported, else one line on what to do."""
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(library)))
     search = [package_root, *site_dirs]
@@ -173,7 +182,7 @@ def prepare(library, site_dirs):
     return None
 
 
-def run(library, site_dirs):
+def run(library: str, site_dirs: Sequence[str]) -> str | None:
     """The C shim's entry: the problem as one line, or None; never raises."""
     try:
         return prepare(library, site_dirs)

@@ -6,6 +6,7 @@ import struct
 from collections.abc import Callable, Iterable
 from datetime import date
 from enum import Enum
+from typing import Any
 
 from ..ck import CKA
 
@@ -39,13 +40,13 @@ def _pack_ulongs(values: Iterable[int]) -> bytes:
     return b"".join(_ULONG.pack(v) for v in values)
 
 
-PACK: dict[Kind, Callable[[object], bytes]] = {
+PACK: dict[Kind, Callable[[Any], bytes]] = {  # the value: bool, int, bytes, str, date, [int]
     Kind.BOOL: lambda v: b"\x01" if v else b"\x00",
-    Kind.ULONG: lambda v: pack_ulong(int(v)),  # type: ignore[call-overload]
-    Kind.BYTES: bytes,  # type: ignore[dict-item]
+    Kind.ULONG: lambda v: pack_ulong(int(v)),
+    Kind.BYTES: bytes,
     Kind.STRING: lambda v: str(v).encode("utf-8"),
-    Kind.DATE: _pack_date,  # type: ignore[dict-item]
-    Kind.ULONG_ARRAY: _pack_ulongs,  # type: ignore[dict-item]
+    Kind.DATE: _pack_date,
+    Kind.ULONG_ARRAY: _pack_ulongs,
 }
 
 _BOOLS = (

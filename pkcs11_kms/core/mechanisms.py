@@ -8,11 +8,30 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from enum import StrEnum
+from typing import TYPE_CHECKING, TypeAlias
 
 from ..ck import CKF, CKK, CKM, CKR
 from ..errors import PKCS11Error
 from .keyspecs import KeySpec
+from .params import MechanismArgs
+
+if TYPE_CHECKING:
+    from .operations import KeyUse, Operation
+
+
+class Kind(StrEnum):
+    """The operations a session runs, one of each kind at a time (§5.9-5.12)."""
+
+    SIGN = "sign"
+    VERIFY = "verify"
+    ENCRYPT = "encrypt"
+    DECRYPT = "decrypt"
+    DIGEST = "digest"
+
+
+# Makes an operation (core/operations.py) for a kind, its key (None for a digest) and parameters.
+Start: TypeAlias = "Callable[[Kind, KeyUse | None, MechanismArgs], Operation]"
 
 
 @dataclass(frozen=True)
@@ -23,7 +42,7 @@ class Mechanism:
     key_type: CKK | None  # None: a mechanism without a key (digests)
     flags: int
     key_usage: str | None  # the KMS KeyUsage a key needs for it
-    start: Callable[..., Any]  # (kind, KeyUse, MechanismArgs) -> an operation (core/operations.py)
+    start: Start
     key_specs: frozenset[str] | None = None  # None: every spec of key_type
 
 

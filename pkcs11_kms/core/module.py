@@ -7,6 +7,7 @@ import os
 import sys
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .. import __version__
 from ..ck import CKF, CKR
@@ -17,10 +18,21 @@ from .kms_errors import failure
 from .objects import renew_handle_lock
 from .token import Token, alias_label, discover, fit_label, is_alias
 
+if TYPE_CHECKING:
+    from .session import Session
+
 log = logging.getLogger("pkcs11_kms.module")
 
 MANUFACTURER = "pkcs11-kms"
 LIBRARY_DESCRIPTION = "AWS KMS PKCS#11 module"
+
+
+def _version() -> tuple[int, int]:
+    major, minor = (int(x) for x in __version__.split(".")[:2])
+    return major, minor
+
+
+LIBRARY_VERSION = _version()  # C_GetInfo's library version, the slots' firmware version
 
 
 @dataclass(frozen=True)
@@ -44,7 +56,7 @@ class Module:
         self.backends = Backends()  # one per Connection; C_Finalize drops them with the module
         self._tokens: list[Token] | None = None
         self._build_lock = threading.Lock()  # one builder of the token list at a time
-        self.sessions: dict[int, object] = {}
+        self.sessions: dict[int, Session] = {}
 
     def tokens(self) -> list[Token]:
         """The tokens, built on first need: KMS is called only when a token has one per key.
@@ -179,7 +191,7 @@ class Info:
     manufacturer: str = MANUFACTURER
     flags: int = 0
     description: str = LIBRARY_DESCRIPTION
-    library_version: tuple[int, int] = tuple(int(x) for x in __version__.split(".")[:2])  # type: ignore[assignment]
+    library_version: tuple[int, int] = LIBRARY_VERSION
 
 
 def get_info() -> Info:

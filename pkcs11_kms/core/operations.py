@@ -8,8 +8,9 @@ its computed result, so KMS is not called twice), every other error ends it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol, TypeVar
 
 from ..ck import CKF, CKO, CKR
 from ..errors import PKCS11Error
@@ -17,21 +18,31 @@ from ..kms.backend import KmsBackend
 from . import mechanisms
 from .access import find_object
 from .kms_errors import calling_kms
+from .mechanisms import Kind
 from .objects import KmsKey, TokenObject
+from .params import MechanismArgs
 from .session import Session, session
 
-SIGN, VERIFY, ENCRYPT, DECRYPT, DIGEST = "sign", "verify", "encrypt", "decrypt", "digest"
+T = TypeVar("T")
 
-# kind -> (the mechanism flag it needs, the key object classes that may do it, the KMS key usage).
+
+class KeyRule(NamedTuple):
+    """What a kind of operation needs of a mechanism and of its key."""
+
+    flag: int  # the mechanism flag (CKF_SIGN, ...)
+    classes: tuple[int, ...]  # the key object classes that may do it
+    usage: str  # the KMS KeyUsage
+
+
 # Private key objects carry the public key, so they verify and encrypt too.
 # Signatures and ciphertexts have the length output_length() says: a buffer shorter than that gets
 # CKR_BUFFER_TOO_SMALL before KMS is called. A decryption's bound is only an upper bound.
-EXACT_LENGTH = (SIGN, ENCRYPT)
-KINDS: dict[str, tuple[int, tuple[int, ...], str]] = {
-    SIGN: (CKF.SIGN, (CKO.PRIVATE_KEY,), "SIGN_VERIFY"),
-    VERIFY: (CKF.VERIFY, (CKO.PUBLIC_KEY, CKO.PRIVATE_KEY), "SIGN_VERIFY"),
-    ENCRYPT: (CKF.ENCRYPT, (CKO.PUBLIC_KEY, CKO.PRIVATE_KEY), "ENCRYPT_DECRYPT"),
-    DECRYPT: (CKF.DECRYPT, (CKO.PRIVATE_KEY,), "ENCRYPT_DECRYPT"),
+EXACT_LENGTH = (Kind.SIGN, Kind.ENCRYPT)
+KEY_RULES: dict[Kind, KeyRule] = {
+    Kind.SIGN: KeyRule(CKF.SIGN, (CKO.PRIVATE_KEY,), "SIGN_VERIFY"),
+    Kind.VERIFY: KeyRule(CKF.VERIFY, (CKO.PUBLIC_KEY, CKO.PRIVATE_KEY), "SIGN_VERIFY"),
+    Kind.ENCRYPT: KeyRule(CKF.ENCRYPT, (CKO.PUBLIC_KEY, CKO.PRIVATE_KEY), "ENCRYPT_DECRYPT"),
+    Kind.DECRYPT: KeyRule(CKF.DECRYPT, (CKO.PRIVATE_KEY,), "ENCRYPT_DECRYPT"),
 }
 
 
@@ -72,30 +83,30 @@ class Output:
     data: bytes | None
 
 
-def digest_init(session_handle: int, args) -> None:  # type: ignore[no-untyped-def]
+def digest_init(session_handle: int, args: MechanismArgs | None) -> None:
     """C_DigestInit: no key; the hashing happens here (Java asks for digests before PSS)."""
     s = session(session_handle)
     if args is None:
-        s.operations.pop(DIGEST, None)
+        s.operations.pop(Kind.DIGEST, None)
         return
-    if DIGEST in s.operations:
+    if Kind.DIGEST in s.operations:
         raise PKCS11Error(CKR.OPERATION_ACTIVE, "a digest operation is active")
     mechanism = mechanisms.lookup(args.mechanism)
     if mechanism.key_type is not None or not mechanism.flags & CKF.DIGEST:
         raise PKCS11Error(CKR.MECHANISM_INVALID, f"{mechanism.mechanism.name} is not a digest")
-    s.operations[DIGEST] = Active(mechanism.start(DIGEST, None, args))
+    s.operations[Kind.DIGEST] = Active(mechanism.start(Kind.DIGEST, None, args))
 
 
 def digest_key(session_handle: int, key_handle: int) -> None:
     """C_DigestKey: only secret keys can be digested, and KMS private key material never leaves."""
     s = session(session_handle)
-    _active(s, DIGEST)
-    _guarded(s, DIGEST, lambda: _key_object(s, key_handle))
-    del s.operations[DIGEST]
+    _active(s, Kind.DIGEST)
+    _guarded(s, Kind.DIGEST, lambda: _key_object(s, key_handle))
+    del s.operations[Kind.DIGEST]
     raise PKCS11Error(CKR.KEY_INDIGESTIBLE, "KMS keys cannot be digested")
 
 
-def end(kind: str, session_handle: int) -> None:
+def end(kind: Kind, session_handle: int) -> None:
     """Ends the operation after a call failed before it reached the core (a NULL length pointer,
     unreadable input): §5.2, only CKR_BUFFER_TOO_SMALL and length queries keep it."""
     try:
@@ -104,7 +115,7 @@ def end(kind: str, session_handle: int) -> None:
         pass
 
 
-def init(kind: str, session_handle: int, args, key_handle: int) -> None:  # type: ignore[no-untyped-def]
+def init(kind: Kind, session_handle: int, args: MechanismArgs | None, key_handle: int) -> None:
     """C_SignInit & co. `args` None cancels the active operation (pkcs11-provider relies on it)."""
     s = session(session_handle)
     if args is None:
@@ -115,7 +126,7 @@ def init(kind: str, session_handle: int, args, key_handle: int) -> None:  # type
     mechanism = mechanisms.lookup(args.mechanism)
     if mechanism.key_type is None:
         raise PKCS11Error(CKR.MECHANISM_INVALID, f"{mechanism.mechanism.name} takes no key")
-    if not mechanism.flags & KINDS[kind][0]:
+    if not mechanism.flags & KEY_RULES[kind].flag:
         raise PKCS11Error(CKR.MECHANISM_INVALID, f"{mechanism.mechanism.name} cannot {kind}")
     key = _usable_key(s, kind, key_handle)
     if mechanism.key_type != key.spec.key_type:
@@ -139,23 +150,23 @@ def _key_object(s: Session, handle: int) -> TokenObject:
     return obj
 
 
-def _usable_key(s: Session, kind: str, handle: int) -> KmsKey:
+def _usable_key(s: Session, kind: Kind, handle: int) -> KmsKey:
     obj = _key_object(s, handle)
     assert obj.key is not None
-    _, classes, usage = KINDS[kind]
-    if obj.object_class not in classes or obj.key.usage != usage:
+    rule = KEY_RULES[kind]
+    if obj.object_class not in rule.classes or obj.key.usage != rule.usage:
         raise PKCS11Error(CKR.KEY_FUNCTION_NOT_PERMITTED, f"key {handle} cannot {kind}")
     return obj.key
 
 
-def _active(s: Session, kind: str) -> Active:
+def _active(s: Session, kind: Kind) -> Active:
     active = s.operations.get(kind)
     if active is None:
         raise PKCS11Error(CKR.OPERATION_NOT_INITIALIZED, f"no {kind} operation")
     return active
 
 
-def _deliver(s: Session, kind: str, active: Active, capacity: int | None) -> Output:
+def _deliver(s: Session, kind: Kind, active: Active, capacity: int | None) -> Output:
     assert active.result is not None
     if capacity is None or capacity < len(active.result):
         return Output(len(active.result), None)
@@ -163,7 +174,7 @@ def _deliver(s: Session, kind: str, active: Active, capacity: int | None) -> Out
     return Output(len(active.result), active.result)
 
 
-def single(kind: str, session_handle: int, data: bytes, capacity: int | None) -> Output:
+def single(kind: Kind, session_handle: int, data: bytes, capacity: int | None) -> Output:
     """C_Sign, C_Encrypt, C_Decrypt. capacity None: the caller asks for the length only."""
     s = session(session_handle)
     active = _active(s, kind)
@@ -187,7 +198,7 @@ def _run(operation: Operation, data: bytes) -> bytes:
     return operation.finish()
 
 
-def update(kind: str, session_handle: int, data: bytes) -> None:
+def update(kind: Kind, session_handle: int, data: bytes) -> None:
     s = session(session_handle)
     active = _active(s, kind)
     if active.result is not None:
@@ -196,7 +207,7 @@ def update(kind: str, session_handle: int, data: bytes) -> None:
     _guarded(s, kind, lambda: active.operation.update(data))
 
 
-def final(kind: str, session_handle: int, capacity: int | None) -> Output:
+def final(kind: Kind, session_handle: int, capacity: int | None) -> Output:
     s = session(session_handle)
     active = _active(s, kind)
     if active.result is None:
@@ -210,8 +221,8 @@ def final(kind: str, session_handle: int, capacity: int | None) -> Output:
 def verify(session_handle: int, data: bytes | None, signature: bytes) -> None:
     """C_Verify (data given) and C_VerifyFinal (data None): the operation ends either way."""
     s = session(session_handle)
-    active = _active(s, VERIFY)
-    del s.operations[VERIFY]
+    active = _active(s, Kind.VERIFY)
+    del s.operations[Kind.VERIFY]
     if data is not None:
         if active.multipart:
             raise PKCS11Error(CKR.OPERATION_ACTIVE, "a multi-part verify is in progress")
@@ -220,7 +231,7 @@ def verify(session_handle: int, data: bytes | None, signature: bytes) -> None:
         active.operation.verify(signature)
 
 
-def _guarded(s: Session, kind: str, step):  # type: ignore[no-untyped-def]
+def _guarded(s: Session, kind: Kind, step: Callable[[], T]) -> T:
     """Runs one step; any error but CKR_BUFFER_TOO_SMALL ends the operation (§5.2)."""
     try:
         with calling_kms():

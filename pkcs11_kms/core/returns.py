@@ -233,7 +233,8 @@ SESSIONLESS = frozenset(
 
 
 def _codes(name: str) -> frozenset[int]:
-    codes = {AEAD_DECRYPT_FAILED if word == "AEAD" else int(R[word]) for word in _SPEC[name]}
+    codes = {AEAD_DECRYPT_FAILED if word == "AEAD" else int(R.__members__[word])
+             for word in _SPEC[name]}
     codes |= UNIVERSAL
     if name not in BEFORE_INITIALIZE:
         codes.add(R.CRYPTOKI_NOT_INITIALIZED)

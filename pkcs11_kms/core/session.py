@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..ck import CKF, CKR, CKS, CKU
 from ..errors import PKCS11Error
+from .mechanisms import Kind
 from .module import Module, module
 from .token import Token
+
+if TYPE_CHECKING:
+    from .operations import Active
 
 _next_session = itertools.count(1)  # process-wide: a handle is never reused
 
@@ -20,7 +24,7 @@ class Session:
     token: Token
     flags: int
     find: list[int] | None = None  # handles still to return while a search is active
-    operations: dict[str, Any] = field(default_factory=dict)  # kind ("sign", ...) -> operation
+    operations: dict[Kind, Active] = field(default_factory=dict)  # one of each kind at a time
     # The KMS error number (kms/errors.py ERROR_TABLE) of the last call made in this session, 0
     # when it did not fail on KMS; C_GetSessionInfo reports it (docs/design.md, "Device errors").
     device_error: int = 0
@@ -46,7 +50,7 @@ def session(handle: int) -> Session:
     s = m.sessions.get(handle)
     if s is None:
         raise PKCS11Error(CKR.SESSION_HANDLE_INVALID, f"no session {handle}")
-    return s  # type: ignore[return-value]
+    return s
 
 
 def open_session(slot_id: int, flags: int) -> int:
@@ -62,8 +66,9 @@ def open_session(slot_id: int, flags: int) -> int:
     return handle
 
 
-def _sessions_of(m: Module, token: Token) -> list[Session]:
-    return [s for s in m.sessions.values() if s.token is token]  # type: ignore[attr-defined]
+def sessions_of(m: Module, token: Token) -> list[Session]:
+    """The token's open sessions; the caller holds m.lock."""
+    return [s for s in m.sessions.values() if s.token is token]
 
 
 def _drop_session_objects(token: Token, sessions: set[int]) -> None:
@@ -79,7 +84,7 @@ def close_session(handle: int) -> None:
         s = session(handle)
         del m.sessions[handle]
         _drop_session_objects(s.token, {handle})
-        if not _sessions_of(m, s.token):
+        if not sessions_of(m, s.token):
             s.token.logged_in = False  # §5.6: closing the last session logs the user out
 
 
@@ -87,7 +92,7 @@ def close_all_sessions(slot_id: int) -> None:
     m = module()
     token = m.token(slot_id)
     with m.lock:
-        closing = _sessions_of(m, token)
+        closing = sessions_of(m, token)
         for s in closing:
             del m.sessions[s.handle]
         _drop_session_objects(token, {s.handle for s in closing})
@@ -107,7 +112,7 @@ def login(handle: int, user_type: int) -> None:
         # §5.6 asks for CKR_SESSION_READ_ONLY_EXISTS first.
         m = module()
         with m.lock:
-            read_only = any(not o.flags & CKF.RW_SESSION for o in _sessions_of(m, s.token))
+            read_only = any(not o.flags & CKF.RW_SESSION for o in sessions_of(m, s.token))
         raise PKCS11Error(CKR.SESSION_READ_ONLY_EXISTS if read_only else CKR.PIN_INCORRECT,
                           "this token has no security officer")
     if user_type == CKU.CONTEXT_SPECIFIC:

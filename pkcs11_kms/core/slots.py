@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import __version__
 from ..ck import CK_EFFECTIVELY_INFINITE, CK_UNAVAILABLE_INFORMATION, CKF, CKR
 from ..errors import PKCS11Error
 from . import mechanisms
-from .module import MANUFACTURER, module
+from .module import LIBRARY_VERSION, MANUFACTURER, module
+from .session import sessions_of
 
-_VERSION = tuple(int(x) for x in __version__.split(".")[:2])
 MAX_PIN = 255
 
 
@@ -20,7 +19,7 @@ class SlotInfo:
     manufacturer: str
     flags: int
     hardware_version: tuple[int, int] = (0, 0)
-    firmware_version: tuple[int, int] = _VERSION  # type: ignore[assignment]
+    firmware_version: tuple[int, int] = LIBRARY_VERSION
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,7 @@ class TokenInfo:
     total_private_memory: int = CK_UNAVAILABLE_INFORMATION
     free_private_memory: int = CK_UNAVAILABLE_INFORMATION
     hardware_version: tuple[int, int] = (0, 0)
-    firmware_version: tuple[int, int] = _VERSION  # type: ignore[assignment]
+    firmware_version: tuple[int, int] = LIBRARY_VERSION
     utc_time: str = ""  # no clock on the token
 
 
@@ -60,8 +59,8 @@ def get_token_info(slot_id: int) -> TokenInfo:
     m = module()
     token = m.token(slot_id)
     with m.lock:
-        sessions = [s for s in m.sessions.values() if s.token is token]  # type: ignore[attr-defined]
-    rw = sum(1 for s in sessions if s.flags & CKF.RW_SESSION)  # type: ignore[attr-defined]
+        sessions = sessions_of(m, token)
+    rw = sum(1 for s in sessions if s.flags & CKF.RW_SESSION)
     # No CKF_LOGIN_REQUIRED: KMS authorises with IAM, and consumers then never ask for a PIN.
     flags = CKF.TOKEN_INITIALIZED | CKF.RNG | CKF.USER_PIN_INITIALIZED
     return TokenInfo(token.label, MANUFACTURER, "AWS KMS", token.serial, flags, len(sessions), rw)

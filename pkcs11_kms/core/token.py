@@ -224,16 +224,17 @@ class Token:
         objects = self._objects
         if objects is None:
             with self._load_lock:  # one loader at a time; the module lock is never held here
-                if self._objects is None:
-                    self._objects = self._first_read()
-                return self._objects
+                objects = self._objects
+                if objects is None:
+                    objects = self._objects = self._first_read()
+                return objects
         if self._stale() and self._load_lock.acquire(blocking=False):
             try:  # one thread re-reads; the others go on with the objects they have meanwhile
                 if self._stale():
                     self._refresh()
             finally:
                 self._load_lock.release()
-        return self._objects
+        return self._objects or objects  # refreshed, or as they were
 
     def keys(self) -> list[KmsKey]:
         seen: dict[str, KmsKey] = {}
@@ -262,7 +263,7 @@ class Token:
             if isinstance(e, KmsError):
                 why = str(e)
             else:
-                why = e.why or e if isinstance(e, PKCS11Error) else f"{type(e).__name__}: {e}"
+                why = str(e.why or e) if isinstance(e, PKCS11Error) else f"{type(e).__name__}: {e}"
             log.warning("token %r: keeping the keys read before, reading them again failed: %s",
                         self.label, why)
 

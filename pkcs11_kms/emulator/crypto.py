@@ -28,9 +28,9 @@ def _ml_dsa(level: object) -> Any:
     return getattr(mldsa, f"MLDSA{level}PrivateKey").generate()
 
 
-GENERATORS: dict[str, Callable[[object], Any]] = {
+GENERATORS: dict[str, Callable[[Any], Any]] = {  # a KeySpec's params: bits, curve class ...
     "RSA": lambda bits: rsa.generate_private_key(public_exponent=65537, key_size=bits),
-    "EC": lambda curve: ec.generate_private_key(curve()),  # type: ignore[operator]
+    "EC": lambda curve: ec.generate_private_key(curve()),
     "ED25519": lambda _: ed25519.Ed25519PrivateKey.generate(),
     "ML_DSA": _ml_dsa,
 }
@@ -54,7 +54,7 @@ def _hash_arg(hash_cls: type[hashes.HashAlgorithm], message_type: str) -> Any:
 
 
 def _pss(hash_cls: type[hashes.HashAlgorithm]) -> padding.PSS:
-    return padding.PSS(mgf=padding.MGF1(hash_cls()), salt_length=hash_cls.digest_size)
+    return padding.PSS(mgf=padding.MGF1(hash_cls()), salt_length=hash_cls().digest_size)
 
 
 # Each scheme: (sign(private, hash class, message type, message), verify(public, ..., signature)).

@@ -66,8 +66,14 @@ def _decode(data: bytes) -> Point | None:
     return None if x is None else (x, y, 1, x * y % _P)
 
 
-_BY = 4 * pow(5, _P - 2, _P) % _P
-_B: Point = (_recover_x(_BY, 0), _BY, 1, _recover_x(_BY, 0) * _BY % _P)  # type: ignore[operator]
+def _base_point() -> Point:
+    """B: y = 4/5, x even (RFC 8032 §5.1)."""
+    point = _decode((4 * pow(5, _P - 2, _P) % _P).to_bytes(32, "little"))
+    assert point is not None
+    return point
+
+
+_B = _base_point()
 
 
 def _h(*parts: bytes) -> int:

@@ -13,7 +13,7 @@ import base64
 import binascii
 import json
 import os
-from typing import Any
+from typing import Any, cast
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from moto.core.base_backend import BackendDict
@@ -79,14 +79,15 @@ class EmulatorKey(Key):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.private_key = crypto.generate(self.spec) if self.spec else None
+        # moto types it as always a key; symmetric keys have none
+        self.private_key = crypto.generate(self.spec) if self.spec else None  # type: ignore[assignment]
 
     @property
     def spec(self) -> KeySpec | None:
         return KEY_SPECS.get(self.key_spec)
 
     @property
-    def encryption_algorithms(self) -> list[str] | None:  # type: ignore[override]
+    def encryption_algorithms(self) -> list[str] | None:
         if self.key_usage != "ENCRYPT_DECRYPT":
             return None
         return list(self.spec.encryption) if self.spec else [SYMMETRIC]
@@ -135,8 +136,10 @@ class EmulatorKmsBackend(KmsBackend):
             raise _validation(f"KeyUsage {key_usage} is not compatible with KeySpec {key_spec}; "
                               f"use one of {', '.join(usages)}.")
         try:
-            key = EmulatorKey(policy, key_usage, key_spec, description, self.account_id,
-                              self.region_name, multi_region, origin)
+            # moto declares CloudFormation hooks abstract on Key and instantiates it all the same
+            key = EmulatorKey(  # type: ignore[abstract]
+                policy, key_usage, key_spec, description, self.account_id, self.region_name,
+                multi_region, origin)
         except UnsupportedAlgorithm as exc:
             raise KmsError("UnsupportedOperationException", f"{key_spec}: {exc}") from exc
         self.keys[key.id] = key
@@ -145,19 +148,27 @@ class EmulatorKmsBackend(KmsBackend):
         return key
 
 
+    def describe_key(self, key_id: str) -> EmulatorKey:
+        return cast(EmulatorKey, super().describe_key(key_id))  # create_key makes only these
+
+
 kms_backends = BackendDict(EmulatorKmsBackend, "kms")
+
+
+def _no_key_pair(key_spec: str) -> Any:
+    return None
 
 
 def install() -> None:
     """Stop moto from generating its own (unused) RSA/EC key pair inside every Key."""
-    moto_models.generate_private_key = lambda key_spec: None  # type: ignore[assignment]
+    moto_models.generate_private_key = _no_key_pair
 
 
 class EmulatorKmsResponse(KmsResponse):
     """moto's KmsResponse with KMS's Sign, Verify, Encrypt, Decrypt, GetPublicKey and checks."""
 
     @property
-    def kms_backend(self) -> EmulatorKmsBackend:  # type: ignore[override]
+    def kms_backend(self) -> EmulatorKmsBackend:
         return kms_backends[self.current_account][self.region]
 
     # -- shared checks, in KMS's order: syntax, key exists, key state, key usage, DryRun --
@@ -186,7 +197,7 @@ class EmulatorKmsResponse(KmsResponse):
         self._validate_key_id(key_id)  # NotFoundException
         key = self.kms_backend.describe_key(key_id)
         self._state(key)
-        return key  # type: ignore[return-value]
+        return key
 
     @staticmethod
     def _state(key: EmulatorKey) -> None:

@@ -8,7 +8,8 @@ import signal
 import ssl
 import sys
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..tools.loopback import loopback_host
 
@@ -50,7 +51,7 @@ def build_app() -> Callable[..., Any]:
 class _LazyHandshake(ssl.SSLContext):
     """TLS whose handshake runs in the request thread, so a silent client cannot block accept()."""
 
-    def wrap_socket(self, sock: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def wrap_socket(self, sock: Any, *args: Any, **kwargs: Any) -> Any:
         kwargs["do_handshake_on_connect"] = False
         return super().wrap_socket(sock, *args, **kwargs)
 

@@ -8,8 +8,17 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ..kms import specs as kms_specs
-from ..kms.specs import (ECDSA, OAEP_HASHES, RSAES_OAEP, RSASSA_PKCS1_V1_5, RSASSA_PSS,
-                         SIGNING_HASHES, algorithm_name, digest_bytes, hash_class)
+from ..kms.specs import (
+    ECDSA,
+    OAEP_HASHES,
+    RSAES_OAEP,
+    RSASSA_PKCS1_V1_5,
+    RSASSA_PSS,
+    SIGNING_HASHES,
+    algorithm_name,
+    digest_bytes,
+    hash_class,
+)
 
 # The AWS KMS API reference is the source of every value below (Sign, Verify, Encrypt, CreateKey,
 # "Key spec reference"). The RSA and ECC key specs and their algorithms are the module's table
@@ -84,7 +93,7 @@ def _served(spec: kms_specs.KeySpec) -> KeySpec:
     """An RSA or ECC key spec of the module's table, as the emulator serves it."""
     if spec.family == kms_specs.RSA:
         # KMS's Encrypt limits are RFC 8017's: the modulus less two hashes and two bytes.
-        limits = {a: spec.bits // 8 - 2 * ENCRYPTION_ALGORITHMS[a].digest_size - 2
+        limits = {a: spec.bits // 8 - 2 * ENCRYPTION_ALGORITHMS[a]().digest_size - 2
                   for a in spec.encryption_algorithms}
         return KeySpec(spec.family, spec.bits, ("ENCRYPT_DECRYPT", "SIGN_VERIFY"),
                        spec.signing_algorithms, spec.encryption_algorithms, oaep_limits=limits)

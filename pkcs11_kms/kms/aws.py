@@ -213,7 +213,7 @@ class AwsKms(KmsBackend):
         items: list[Any] = []
         marker = None
         while True:
-            more = {"Marker": marker} if marker else {}
+            more: dict[str, str] = {"Marker": marker} if marker else {}
             page = await self._ask(operation, key, **params, **more)
             items.extend(page.get(field, ()))
             marker = page.get("NextMarker")
@@ -383,7 +383,7 @@ def _http_session_class() -> type:
     if not _http_session:
         from aiobotocore.httpsession import AIOHTTPSession
 
-        class SharedTls(AIOHTTPSession):  # type: ignore[misc]
+        class SharedTls(AIOHTTPSession):
             def _build_ssl_contexts(self, *args: Any, **kwargs: Any) -> Any:
                 key = (loop.generation(), self._verify, self._cert_file, self._key_file, args,
                        tuple(sorted(kwargs.items())))

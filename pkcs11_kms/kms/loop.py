@@ -12,14 +12,12 @@ import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from .. import forking, hostsafe  # noqa: F401 - forking registers its fork hooks first
 
-if TYPE_CHECKING:  # asyncio costs ~40 ms to import: only when a KMS call is made
-    import asyncio
-
 T = TypeVar("T")
+P = ParamSpec("P")
 logger = logging.getLogger("pkcs11_kms.kms")
 
 _GRACE = 1.0  # seconds a caller waits past the in-loop deadline before giving up on the loop
@@ -64,8 +62,9 @@ class _Helpers(concurrent.futures.ThreadPoolExecutor):  # asyncio accepts no oth
         self._running_lock = threading.Lock()
         self._running: set[threading.Thread] = set()
 
-    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    def submit(self, fn: Callable[P, T], /, *args: P.args,
+               **kwargs: P.kwargs) -> concurrent.futures.Future[T]:
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
         if not hostsafe.is_module_thread():
             _settle(future, fn, args, kwargs)
             return future
@@ -94,7 +93,7 @@ class _Helpers(concurrent.futures.ThreadPoolExecutor):  # asyncio accepts no oth
             thread.join(max(0.0, deadline - time.monotonic()))
 
 
-def _settle(future: concurrent.futures.Future[Any], fn: Callable[..., Any],
+def _settle(future: concurrent.futures.Future[T], fn: Callable[..., T],
             args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     if not future.set_running_or_notify_cancel():
         return
@@ -297,8 +296,8 @@ class _Runner:
         clients) join the idle pool."""
         thread, served = self.thread, self.served
         self.thread = self.served = None
-        if _halt(thread, served):
-            self.idle.append(served)  # type: ignore[arg-type]
+        if served is not None and _halt(thread, served):
+            self.idle.append(served)
 
     def close(self, timeout: float) -> None:
         """shutdown(): close every loop's clients. A loop a host thread is driving gets its calls

@@ -5,22 +5,42 @@ from __future__ import annotations
 from functools import lru_cache
 
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from ..ck import CKR
 from ..core.operations import KeyUse
+from ..core.params import MechanismArgs
 from ..errors import PKCS11Error
 from .hashes import Hash
-from .params import MechanismArgs
 
 
 @lru_cache(maxsize=64)
-def _public_key(spki: bytes):  # type: ignore[no-untyped-def]
+def _public_key(spki: bytes) -> PublicKeyTypes:
     return load_der_public_key(spki)
 
 
-def public_key(use: KeyUse):  # type: ignore[no-untyped-def]
-    return _public_key(use.key.spki)
+def rsa_public_key(use: KeyUse) -> rsa.RSAPublicKey:
+    """The key's public half, for local public-key math."""
+    key = _public_key(use.key.spki)
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise PKCS11Error(CKR.KEY_TYPE_INCONSISTENT, "not an RSA key")
+    return key
+
+
+def ec_public_key(use: KeyUse) -> ec.EllipticCurvePublicKey:
+    key = _public_key(use.key.spki)
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise PKCS11Error(CKR.KEY_TYPE_INCONSISTENT, "not an EC key")
+    return key
+
+
+def key_use(use: KeyUse | None) -> KeyUse:
+    """The key of a keyed mechanism: core/operations.py gives every keyed mechanism one."""
+    if use is None:
+        raise PKCS11Error(CKR.KEY_HANDLE_INVALID, "this mechanism needs a key")
+    return use
 
 
 def no_params(args: MechanismArgs) -> None:

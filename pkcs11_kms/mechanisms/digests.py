@@ -7,7 +7,9 @@ they use a token's hash-and-sign mechanisms (Java's SunPKCS11 refuses RSASSA-PSS
 from __future__ import annotations
 
 from ..ck import CKF, CKR
-from ..core.mechanisms import Mechanism
+from ..core.mechanisms import Kind, Mechanism, Start
+from ..core.operations import KeyUse
+from ..core.params import MechanismArgs
 from ..errors import PKCS11Error
 from .base import no_params
 from .hashes import HASHES, Hash
@@ -31,8 +33,8 @@ class Digest:
         raise PKCS11Error(CKR.FUNCTION_NOT_SUPPORTED)
 
 
-def _start(hash_: Hash):  # type: ignore[no-untyped-def]
-    def start(kind, use, args):  # type: ignore[no-untyped-def]
+def _start(hash_: Hash) -> Start:
+    def start(kind: Kind, use: KeyUse | None, args: MechanismArgs) -> Digest:
         no_params(args)
         return Digest(hash_)
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
 from ..ck import CKF, CKK, CKM, CKR
-from ..core.mechanisms import Mechanism
+from ..core.mechanisms import Kind, Mechanism, Start
+from ..core.operations import KeyUse
+from ..core.params import MechanismArgs
 from ..errors import PKCS11Error
 from ..kms.specs import KEY_SPECS, digest_bytes
-from .base import Signature, no_params, public_key
+from .base import Signature, ec_public_key, key_use, no_params
 from .hashes import BY_SIZE, HASHES
 
 # SHA-224/256/384/512 digests; SHA-1 is refused as KMS refuses it
@@ -53,15 +55,15 @@ class Ecdsa(Signature):
         h = BY_SIZE.get(len(value))
         if h is None:
             raise PKCS11Error(CKR.DATA_LEN_RANGE, f"{len(value)}-byte digest")
-        public_key(self.use).verify(
+        ec_public_key(self.use).verify(
             self.to_kms_signature(signature), value, ec.ECDSA(utils.Prehashed(h.crypto()))
         )
 
 
-def _start(hash_mechanism: CKM | None):  # type: ignore[no-untyped-def]
-    def start(kind, use, args):  # type: ignore[no-untyped-def]
+def _start(hash_mechanism: CKM | None) -> Start:
+    def start(kind: Kind, use: KeyUse | None, args: MechanismArgs) -> Ecdsa:
         no_params(args)
-        return Ecdsa(use, HASHES[hash_mechanism] if hash_mechanism is not None else None)
+        return Ecdsa(key_use(use), HASHES[hash_mechanism] if hash_mechanism is not None else None)
 
     return start
 

@@ -38,7 +38,7 @@ class Hash:
         assert self.kms is not None
         return algorithm_name(scheme, self.kms)
 
-    def new(self):  # type: ignore[no-untyped-def]
+    def new(self) -> hashlib._Hash:
         return hashlib.new(self.name)
 
     def crypto(self) -> hashes.HashAlgorithm:

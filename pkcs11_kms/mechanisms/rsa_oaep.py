@@ -8,13 +8,13 @@ from __future__ import annotations
 from cryptography.hazmat.primitives.asymmetric import padding
 
 from ..ck import CKF, CKK, CKM, CKR, CKZ
-from ..core.mechanisms import Mechanism
-from ..core.operations import DECRYPT
+from ..core.mechanisms import Kind, Mechanism
+from ..core.operations import KeyUse
+from ..core.params import MechanismArgs, OaepParams
 from ..errors import PKCS11Error
 from ..kms.specs import OAEP_HASHES, RSAES_OAEP
-from .base import public_key
+from .base import key_use, rsa_public_key
 from .hashes import HASHES, Hash
-from .params import MechanismArgs, OaepParams
 
 
 def oaep_hash(args: MechanismArgs) -> Hash:
@@ -35,8 +35,8 @@ def oaep_hash(args: MechanismArgs) -> Hash:
 
 
 class Oaep:
-    def __init__(self, kind: str, use, hash_: Hash) -> None:  # type: ignore[no-untyped-def]
-        self.decrypting = kind == DECRYPT
+    def __init__(self, kind: Kind, use: KeyUse, hash_: Hash) -> None:
+        self.decrypting = kind == Kind.DECRYPT
         self.use = use
         self.hash = hash_
         self._data = bytearray()
@@ -71,14 +71,14 @@ class Oaep:
         if self.use.kms_public_operations:
             return self.use.backend.encrypt(self.use.key_ref, data, algorithm)
         mgf = padding.MGF1(self.hash.crypto())
-        return public_key(self.use).encrypt(data, padding.OAEP(mgf, self.hash.crypto(), None))
+        return rsa_public_key(self.use).encrypt(data, padding.OAEP(mgf, self.hash.crypto(), None))
 
     def verify(self, signature: bytes) -> None:
         raise PKCS11Error(CKR.FUNCTION_NOT_SUPPORTED)
 
 
-def _start(kind, use, args):  # type: ignore[no-untyped-def]
-    return Oaep(kind, use, oaep_hash(args))
+def _start(kind: Kind, use: KeyUse | None, args: MechanismArgs) -> Oaep:
+    return Oaep(kind, key_use(use), oaep_hash(args))
 
 
 MECHANISMS = (

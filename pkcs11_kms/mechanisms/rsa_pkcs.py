@@ -6,10 +6,12 @@ from asn1crypto import algos, core
 from cryptography.hazmat.primitives.asymmetric import padding, utils
 
 from ..ck import CKF, CKK, CKM, CKR
-from ..core.mechanisms import Mechanism
+from ..core.mechanisms import Kind, Mechanism, Start
+from ..core.operations import KeyUse
+from ..core.params import MechanismArgs
 from ..errors import PKCS11Error
 from ..kms.specs import RSASSA_PKCS1_V1_5
-from .base import Signature, no_params, public_key
+from .base import Signature, key_use, no_params, rsa_public_key
 from .hashes import BY_OID, HASHES, Hash
 
 
@@ -45,7 +47,7 @@ class RsaPkcs(Signature):
         return value[-h.size:], h.kms_algorithm(RSASSA_PKCS1_V1_5)
 
     def verify_locally(self, value: bytes, signature: bytes) -> None:
-        recovered = public_key(self.use).recover_data_from_signature(signature, padding.PKCS1v15(), None)
+        recovered = rsa_public_key(self.use).recover_data_from_signature(signature, padding.PKCS1v15(), None)
         if recovered != value:
             raise ValueError("DigestInfo differs")
 
@@ -53,7 +55,7 @@ class RsaPkcs(Signature):
 class ShaRsaPkcs(Signature):
     """CKM_SHA256_RSA_PKCS & co.: hashed here, signed by KMS as a digest."""
 
-    def __init__(self, use, hash_: Hash) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, use: KeyUse, hash_: Hash) -> None:
         super().__init__(use, hash_)
         self.hash = hash_
 
@@ -61,19 +63,19 @@ class ShaRsaPkcs(Signature):
         return value, self.hash.kms_algorithm(RSASSA_PKCS1_V1_5)
 
     def verify_locally(self, value: bytes, signature: bytes) -> None:
-        public_key(self.use).verify(signature, value, padding.PKCS1v15(),
+        rsa_public_key(self.use).verify(signature, value, padding.PKCS1v15(),
                                     utils.Prehashed(self.hash.crypto()))
 
 
-def _start_raw(kind, use, args):  # type: ignore[no-untyped-def]
+def _start_raw(kind: Kind, use: KeyUse | None, args: MechanismArgs) -> RsaPkcs:
     no_params(args)
-    return RsaPkcs(use, None)
+    return RsaPkcs(key_use(use), None)
 
 
-def _hashing(hash_mechanism: CKM):  # type: ignore[no-untyped-def]
-    def start(kind, use, args):  # type: ignore[no-untyped-def]
+def _hashing(hash_mechanism: CKM) -> Start:
+    def start(kind: Kind, use: KeyUse | None, args: MechanismArgs) -> ShaRsaPkcs:
         no_params(args)
-        return ShaRsaPkcs(use, HASHES[hash_mechanism])
+        return ShaRsaPkcs(key_use(use), HASHES[hash_mechanism])
 
     return start
 

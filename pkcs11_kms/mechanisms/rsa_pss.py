@@ -9,12 +9,13 @@ from __future__ import annotations
 from cryptography.hazmat.primitives.asymmetric import padding, utils
 
 from ..ck import CKF, CKK, CKM, CKR
-from ..core.mechanisms import Mechanism
+from ..core.mechanisms import Kind, Mechanism, Start
+from ..core.operations import KeyUse
+from ..core.params import MechanismArgs, PssParams
 from ..errors import PKCS11Error
 from ..kms.specs import RSASSA_PSS
-from .base import Signature, public_key
+from .base import Signature, key_use, rsa_public_key
 from .hashes import HASHES, Hash
-from .params import MechanismArgs, PssParams
 
 
 def pss_hash(args: MechanismArgs, required: CKM | None) -> Hash:
@@ -31,7 +32,7 @@ def pss_hash(args: MechanismArgs, required: CKM | None) -> Hash:
 
 
 class Pss(Signature):
-    def __init__(self, use, hash_: Hash, hashing: bool) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, use: KeyUse, hash_: Hash, hashing: bool) -> None:
         super().__init__(use, hash_ if hashing else None)
         self.hash = hash_
 
@@ -44,12 +45,12 @@ class Pss(Signature):
         if len(value) != self.hash.size:
             raise PKCS11Error(CKR.DATA_LEN_RANGE, f"a {self.hash.name} digest is {self.hash.size} bytes")
         pss = padding.PSS(padding.MGF1(self.hash.crypto()), self.hash.size)
-        public_key(self.use).verify(signature, value, pss, utils.Prehashed(self.hash.crypto()))
+        rsa_public_key(self.use).verify(signature, value, pss, utils.Prehashed(self.hash.crypto()))
 
 
-def _start(required: CKM | None):  # type: ignore[no-untyped-def]
-    def start(kind, use, args):  # type: ignore[no-untyped-def]
-        return Pss(use, pss_hash(args, required), hashing=required is not None)
+def _start(required: CKM | None) -> Start:
+    def start(kind: Kind, use: KeyUse | None, args: MechanismArgs) -> Pss:
+        return Pss(key_use(use), pss_hash(args, required), hashing=required is not None)
 
     return start
 
