@@ -392,6 +392,43 @@ static void *wild(const char **label)
     }
 }
 
+/* pick_output flags */
+#define OUT_RO 1       /* the read-only page is a third bad choice */
+#define OUT_OPTIONAL 2 /* a bad choice may still give CKR_OK (a NULL buffer asks for a length) */
+#define OUT_VALUE 4    /* `ok` is a CK_ULONG_PTR: describe the good choice by its value */
+
+/* A pointer the call writes through: NULL, a wild pointer and (OUT_RO) the read-only page, each
+   with chance 1/n, else `ok`. Described as NAME=NULL, NAME=wild:..., NAME=ro, or NAME=ok
+   (NAME=value with OUT_VALUE). A bad choice makes CKR_OK a violation, unless OUT_OPTIONAL. */
+static void *pick_output(void *ok, unsigned long n, const char *name, int flags)
+{
+    const char *w, *why;
+    void *p;
+    unsigned long r = rnd(n);
+    if (r == 0) {
+        p = NULL;
+        w = "NULL";
+        why = "CKR_OK with a NULL output";
+    } else if (r == 1) {
+        p = wild(&w);
+        why = "CKR_OK with a wild output";
+    } else if (r == 2 && (flags & OUT_RO)) {
+        p = ro_page;
+        w = "ro";
+        why = "CKR_OK with a read-only output";
+    } else {
+        if (flags & OUT_VALUE)
+            desc_add("%s=%lu", name, *(CK_ULONG *)ok);
+        else
+            desc_add("%s=ok", name);
+        return ok;
+    }
+    desc_add("%s=%s", name, w);
+    if (!(flags & OUT_OPTIONAL))
+        fail_if_ok(why);
+    return p;
+}
+
 static CK_ULONG odd_length(void)
 {
     static const CK_ULONG lengths[] = {0, 1, 7, 16, 20, 31, 32, 33, 48, 51, 64, 65, 128, 255,
@@ -466,48 +503,19 @@ static void out_data(CK_BYTE_PTR *p, CK_ULONG_PTR *lenp)
     case 7: *p = wild(&w); desc_add("out=%s", w); break;
     default: *p = tail(&out_a, 512); desc_add("out=buf512"); break;
     }
-    switch (rnd(10)) {
-    case 0:
-        *lenp = NULL;
-        desc_add(" len=NULL");
-        fail_if_ok("CKR_OK with a NULL length pointer");
-        break;
-    case 1:
-        *lenp = wild(&w);
-        desc_add(" len=%s", w);
-        fail_if_ok("CKR_OK with a wild length pointer");
-        break;
-    case 2:
-        *lenp = (CK_ULONG_PTR)ro_page;
-        desc_add(" len=ro");
-        fail_if_ok("CKR_OK with a read-only length");
-        break;
-    default:
-        out_len_value = PICK(claims);
-        *lenp = &out_len_value;
-        desc_add(" len=%lu", out_len_value);
-    }
+    out_len_value = PICK(claims);
+    *lenp = pick_output(&out_len_value, 10, " len", OUT_RO | OUT_VALUE);
 }
 
 /* A fixed-size output structure (CK_INFO and friends). */
 static void *out_struct(size_t size)
 {
-    const char *w;
-    switch (rnd(8)) {
-    case 0: desc_add("info=NULL"); fail_if_ok("CKR_OK with a NULL output"); return NULL;
-    case 1: desc_add("info=%s", "ro"); fail_if_ok("CKR_OK with a read-only output"); return ro_page;
-    case 2: {
-        void *p = wild(&w);
-        desc_add("info=%s", w);
-        fail_if_ok("CKR_OK with a wild output");
-        return p;
-    }
-    case 3:
+    if (rnd(8) == 0) { /* the fourth bad choice: 1/8, like NULL, wild and ro below */
         desc_add("info=short8");
         fail_if_ok("CKR_OK with an output that ends at a guard page");
         return tail(&out_a, 8);
-    default: desc_add("info=ok"); return tail(&out_a, size);
     }
+    return pick_output(tail(&out_a, size), 7, "info", OUT_RO);
 }
 
 /* ---- handles ---- */
@@ -1101,45 +1109,22 @@ static void fuzz_interfaces(int f)
 {
     const char *w;
     if (f == I_C_GetFunctionList) {
-        CK_VOID_PTR *pp = tail(&out_a, sizeof(void *));
-        switch (rnd(5)) {
-        case 0: pp = NULL; desc_add("NULL"); fail_if_ok("CKR_OK with a NULL output"); break;
-        case 1: pp = wild(&w); desc_add("%s", w); fail_if_ok("CKR_OK with a wild output"); break;
-        case 2:
-            pp = (CK_VOID_PTR *)ro_page;
-            desc_add("ro");
-            fail_if_ok("CKR_OK with a read-only output");
-            break;
-        default: desc_add("ok");
-        }
+        CK_VOID_PTR *pp = pick_output(tail(&out_a, sizeof(void *)), 5, "pp", OUT_RO);
         CK_RV rv = CALL(C_GetFunctionList, pp);
         if (rv == CKR_OK && pp == tail(&out_a, sizeof(void *)) && *pp != (void *)t240)
             violation("C_GetFunctionList gave another table", rv);
     } else if (f == I_C_GetInterfaceList) {
-        CK_INTERFACE *list = tail(&out_a, 4 * sizeof(CK_INTERFACE));
-        CK_ULONG *count = &out_len_value;
+        CK_INTERFACE *list;
+        CK_ULONG *count;
         out_len_value = rnd(6);
-        switch (rnd(6)) {
-        case 0: list = NULL; desc_add("list=NULL "); break;
-        case 1: list = wild(&w); desc_add("list=%s ", w); break;
-        case 2: list = tail(&out_a, sizeof(CK_INTERFACE)); desc_add("list=short1 "); break;
-        case 3: list = (CK_INTERFACE *)ro_page; desc_add("list=ro "); break;
-        default: desc_add("list=ok4 ");
+        if (rnd(6) == 0) { /* 1/6, like NULL, wild and ro: a NULL list asks for the count */
+            list = tail(&out_a, sizeof(CK_INTERFACE));
+            desc_add("list=short1");
+        } else {
+            list = pick_output(tail(&out_a, 4 * sizeof(CK_INTERFACE)), 5, "list",
+                               OUT_RO | OUT_OPTIONAL);
         }
-        switch (rnd(6)) {
-        case 0: count = NULL; desc_add("count=NULL"); fail_if_ok("CKR_OK with a NULL count"); break;
-        case 1:
-            count = wild(&w);
-            desc_add("count=%s", w);
-            fail_if_ok("CKR_OK with a wild count");
-            break;
-        case 2:
-            count = (CK_ULONG *)ro_page;
-            desc_add("count=ro");
-            fail_if_ok("CKR_OK with a read-only count");
-            break;
-        default: desc_add("count=%lu", out_len_value);
-        }
+        count = pick_output(&out_len_value, 6, " count", OUT_RO | OUT_VALUE);
         CALL(C_GetInterfaceList, list, count);
     } else {
         static const char *names[] = {"PKCS 11", "PKCS 11", "Vendor", "", "PKCS 11 and more"};
@@ -1164,16 +1149,7 @@ static void fuzz_interfaces(int f)
         case 1: v = wild(&w); desc_add("version=%s ", w); break;
         default: desc_add("version=%d.%d ", v->major, v->minor);
         }
-        switch (rnd(6)) {
-        case 0: pp = NULL; desc_add("pp=NULL"); fail_if_ok("CKR_OK with a NULL output"); break;
-        case 1: pp = wild(&w); desc_add("pp=%s", w); fail_if_ok("CKR_OK with a wild output"); break;
-        case 2:
-            pp = (CK_INTERFACE_PTR *)ro_page;
-            desc_add("pp=ro");
-            fail_if_ok("CKR_OK with a read-only output");
-            break;
-        default: desc_add("pp=ok");
-        }
+        pp = pick_output(pp, 6, "pp", OUT_RO);
         desc_add(" flags=0x%lx", flags);
         CALL(C_GetInterface, name, v, pp, flags);
     }
@@ -1389,20 +1365,7 @@ static void fuzz_call(int f)
         void *app = chance(50) ? NULL : wild(&w); /* opaque to the module: only passed back */
         CK_NOTIFY cb = chance(50) ? NULL : notify;
         desc_add(" flags=0x%lx", flags);
-        switch (rnd(8)) {
-        case 0: ph = NULL; desc_add(" ph=NULL"); fail_if_ok("CKR_OK with a NULL output"); break;
-        case 1:
-            ph = wild(&w);
-            desc_add(" ph=%s", w);
-            fail_if_ok("CKR_OK with a wild output");
-            break;
-        case 2:
-            ph = (CK_SESSION_HANDLE *)ro_page;
-            desc_add(" ph=ro");
-            fail_if_ok("CKR_OK with a read-only output");
-            break;
-        default: desc_add(" ph=ok");
-        }
+        ph = pick_output(ph, 8, " ph", OUT_RO);
         if (!(flags & CKF_SERIAL_SESSION))
             fail_if_ok("CKR_OK without CKF_SERIAL_SESSION");
         CK_RV rv = CALL(C_OpenSession, s, flags, app, cb, ph);
@@ -1468,15 +1431,7 @@ static void fuzz_call(int f)
         h = session();
         obj = f == I_C_CopyObject ? used_object() : 0;
         in_template(&tmpl, &count);
-        switch (rnd(6)) {
-        case 0: ph = NULL; desc_add(" ph=NULL"); fail_if_ok("CKR_OK with a NULL output"); break;
-        case 1:
-            ph = wild(&w);
-            desc_add(" ph=%s", w);
-            fail_if_ok("CKR_OK with a wild output");
-            break;
-        default: desc_add(" ph=ok");
-        }
+        ph = pick_output(ph, 6, " ph", 0);
         CK_RV rv = f == I_C_CopyObject ? CALL(C_CopyObject, h, obj, tmpl, count, ph)
                                        : CALL(C_CreateObject, h, tmpl, count, ph);
         if (rv == CKR_OK && ph == tail(&out_a, sizeof(CK_OBJECT_HANDLE)) && chance(50)) {
@@ -1493,23 +1448,9 @@ static void fuzz_call(int f)
         CALL(C_DestroyObject, h, obj);
         break;
     case I_C_GetObjectSize: {
-        CK_ULONG *p = &out_len_value;
         h = session();
         obj = used_object();
-        switch (rnd(5)) {
-        case 0: p = NULL; desc_add(" size=NULL"); fail_if_ok("CKR_OK with a NULL output"); break;
-        case 1:
-            p = wild(&w);
-            desc_add(" size=%s", w);
-            fail_if_ok("CKR_OK with a wild output");
-            break;
-        case 2:
-            p = (CK_ULONG *)ro_page;
-            desc_add(" size=ro");
-            fail_if_ok("CKR_OK with a read-only output");
-            break;
-        default: break;
-        }
+        CK_ULONG *p = pick_output(&out_len_value, 5, " size", OUT_RO);
         CALL(C_GetObjectSize, h, obj, p);
         break;
     }
@@ -1531,23 +1472,19 @@ static void fuzz_call(int f)
         CALL(C_FindObjectsInit, h, tmpl, count);
         break;
     case I_C_FindObjects: {
-        CK_OBJECT_HANDLE *found = tail(&out_a, 64 * sizeof(CK_OBJECT_HANDLE));
+        CK_OBJECT_HANDLE *room = tail(&out_a, 64 * sizeof(CK_OBJECT_HANDLE)), *found;
         CK_ULONG max = chance(70) ? rnd(65) : odd_length();
-        CK_ULONG *n = &out_len_value;
         h = prepared_session(init_of(f));
-        switch (rnd(8)) {
-        case 0: found = NULL; desc_add(" found=NULL"); break;
-        case 1: found = wild(&w); desc_add(" found=%s", w); break;
-        case 2: found = tail(&out_a, 8); desc_add(" found=short1"); break;
-        case 3: found = (CK_OBJECT_HANDLE *)ro_page; desc_add(" found=ro"); break;
-        default: if (max > 64) max = 64; desc_add(" found=ok64");
+        if (rnd(8) == 0) { /* 1/8, like NULL, wild and ro: with max 0 none of them is wrong */
+            found = tail(&out_a, 8);
+            desc_add(" found=short1");
+        } else {
+            found = pick_output(room, 7, " found", OUT_RO | OUT_OPTIONAL);
+            if (found == room && max > 64) /* room for 64 handles */
+                max = 64;
         }
         desc_add(" max=%lu", max);
-        switch (rnd(8)) {
-        case 0: n = NULL; desc_add(" n=NULL"); fail_if_ok("CKR_OK with a NULL count"); break;
-        case 1: n = wild(&w); desc_add(" n=%s", w); fail_if_ok("CKR_OK with a wild count"); break;
-        default: break;
-        }
+        CK_ULONG *n = pick_output(&out_len_value, 8, " n", 0);
         CALL(C_FindObjects, h, found, max, n);
         break;
     }
@@ -1635,35 +1572,15 @@ static void fuzz_call(int f)
     case I_C_GenerateRandom: {
         CK_ULONG n = chance(60) ? rnd(1100) : odd_length();
         h = session();
-        switch (rnd(8)) {
-        case 0:
-            out = NULL;
-            desc_add(" out=NULL");
-            if (n)
-                fail_if_ok("CKR_OK with a NULL output");
-            break;
-        case 1:
-            out = wild(&w);
-            desc_add(" out=%s", w);
-            if (n)
-                fail_if_ok("CKR_OK with a wild output");
-            break;
-        case 2:
-            out = ro_page;
-            desc_add(" out=ro");
-            if (n)
-                fail_if_ok("CKR_OK with a read-only output");
-            break;
-        case 3:
+        if (rnd(8) == 0) { /* 1/8, like NULL, wild and ro below */
             out = tail(&out_a, 16);
             desc_add(" out=short16");
             if (n > 16)
                 fail_if_ok("CKR_OK past a guard page");
-            break;
-        default:
-            out = tail(&out_a, 8192);
-            desc_add(" out=buf8192");
-            if (n > 8192) fail_if_ok("CKR_OK past a guard page");
+        } else { /* with n == 0 nothing is written: a bad pointer may give CKR_OK */
+            out = pick_output(tail(&out_a, 8192), 7, " out", OUT_RO | (n ? 0 : OUT_OPTIONAL));
+            if (out == tail(&out_a, 8192) && n > 8192)
+                fail_if_ok("CKR_OK past a guard page");
         }
         desc_add(" len=%lu", n);
         CALL(C_GenerateRandom, h, out, n);
@@ -1681,23 +1598,14 @@ static void fuzz_call(int f)
     case I_C_WaitForSlotEvent: {
         /* CKF_DONT_BLOCK always: a blocking wait with no event may rightly never return. */
         CK_FLAGS flags = CKF_DONT_BLOCK | (chance(50) ? 0 : next64());
-        CK_SLOT_ID *ps = tail(&out_a, sizeof(CK_SLOT_ID));
+        CK_SLOT_ID *ps = pick_output(tail(&out_a, sizeof(CK_SLOT_ID)), 5, "slot", 0);
         void *reserved = NULL;
-        switch (rnd(5)) {
-        case 0: ps = NULL; desc_add("slot=NULL "); fail_if_ok("CKR_OK with a NULL output"); break;
-        case 1:
-            ps = wild(&w);
-            desc_add("slot=%s ", w);
-            fail_if_ok("CKR_OK with a wild output");
-            break;
-        default: break;
-        }
         if (chance(30)) {
             reserved = wild(&w);
-            desc_add("reserved=%s ", w);
+            desc_add(" reserved=%s", w);
             fail_if_ok("CKR_OK with pReserved not NULL");
         }
-        desc_add("flags=0x%lx", flags);
+        desc_add(" flags=0x%lx", flags);
         CALL(C_WaitForSlotEvent, flags, ps, reserved);
         break;
     }
