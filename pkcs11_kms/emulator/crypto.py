@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac as _hmac
 from collections.abc import Callable
 from typing import Any
 
@@ -10,7 +11,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, utils
 
 from . import ed25519ph
-from .specs import DIGEST, ENCRYPTION_ALGORITHMS, RAW, SIGNING_ALGORITHMS, KeySpec
+from .specs import (
+    DIGEST,
+    ENCRYPTION_ALGORITHMS,
+    MAC_ALGORITHMS,
+    RAW,
+    SIGNING_ALGORITHMS,
+    KeySpec,
+)
 
 try:  # ML-DSA needs cryptography >= 47 built on an OpenSSL with ML-DSA (the venv's 50.x has it).
     from cryptography.hazmat.backends.openssl.backend import backend as _backend
@@ -125,3 +133,35 @@ def oaep_decrypt(private_key: Any, algorithm: str, ciphertext: bytes) -> bytes |
         return private_key.decrypt(ciphertext, _oaep(algorithm))
     except ValueError:
         return None
+
+
+def mac(key: bytes, algorithm: str, message: bytes) -> bytes:
+    """The RFC 2104 HMAC GenerateMac returns (``algorithm``: a MAC_ALGORITHMS name)."""
+    return _hmac.new(key, message, MAC_ALGORITHMS[algorithm]().name).digest()
+
+
+def mac_matches(key: bytes, algorithm: str, message: bytes, tag: bytes) -> bool:
+    """Whether ``tag`` is the HMAC of ``message`` (compared in constant time)."""
+    return _hmac.compare_digest(mac(key, algorithm, message), tag)
+
+
+def ecdh(private_key: Any, peer_spki_der: bytes) -> bytes:
+    """The raw ECDH shared secret (the x-coordinate, field-size bytes) with a peer's DER SPKI.
+
+    ValueError if the peer key does not parse, is not an EC key, or is on another curve."""
+    try:
+        peer = serialization.load_der_public_key(peer_spki_der)
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise ValueError("the public key is not a DER SubjectPublicKeyInfo EC key") from exc
+    curve = peer.curve.name if isinstance(peer, ec.EllipticCurvePublicKey) else None
+    if curve != private_key.curve.name:
+        raise ValueError(f"the public key is on {curve}, the KMS key on {private_key.curve.name}"
+                         if curve else "the public key is not an elliptic curve key")
+    return private_key.exchange(ec.ECDH(), peer)
+
+
+def private_key_der(private_key: Any) -> bytes:
+    """The private key as unencrypted PKCS#8 DER (for the emulator's test-only material hook)."""
+    return private_key.private_bytes(serialization.Encoding.DER,
+                                     serialization.PrivateFormat.PKCS8,
+                                     serialization.NoEncryption())

@@ -1,10 +1,12 @@
 """moto's KMS backend and responses, with AWS KMS's asymmetric operations, key states and usages.
 
-Kept from moto (5.2.5): the key store, aliases, tags, grants, policies, ListKeys, DescribeKey,
-symmetric ciphertext and HMAC. Replaced: CreateKey's key specs and key material, Sign, Verify,
-RSA Encrypt/Decrypt (real RSAES-OAEP), GetPublicKey, GenerateRandom; key-state and key-usage
-checks and DryRun on Sign, Verify, Encrypt, Decrypt, GenerateDataKey*, GenerateMac and VerifyMac.
-ReEncrypt and GenerateDataKey* stay symmetric-only, as in KMS.
+Kept from moto (5.2.5): the key store, aliases, tags, grants, policies, ListKeys, DescribeKey and
+symmetric ciphertext. Replaced: CreateKey's key specs and key material (HMAC keys of the spec's
+length), Sign, Verify, RSA Encrypt/Decrypt (real RSAES-OAEP), GenerateMac, VerifyMac,
+GetPublicKey, GenerateRandom; key-state and key-usage checks and DryRun on Sign, Verify, Encrypt,
+Decrypt, GenerateDataKey*, GenerateMac and VerifyMac. Added: DeriveSharedSecret (ECDH), and
+key_material() for the test-only material hook (server.KEY_MATERIAL_PATH). ReEncrypt and
+GenerateDataKey* stay symmetric-only, as in KMS.
 """
 
 from __future__ import annotations
@@ -25,9 +27,14 @@ from moto.kms.responses import KmsResponse
 from . import crypto
 from .specs import (
     ENCRYPTION_ALGORITHMS,
+    HMAC_KEY_SPECS,
+    KEY_AGREEMENT_ALGORITHMS,
     KEY_SPECS,
+    MAC_ALGORITHMS,
     MAX_CIPHERTEXT,
+    MAX_MAC,
     MAX_MESSAGE,
+    MAX_PUBLIC_KEY,
     MAX_SIGNATURE,
     MESSAGE_TYPES,
     RAW,
@@ -41,7 +48,6 @@ from .specs import (
 
 MOTO_VERSION = "5.2.5"  # the moto these overrides are written against (pyproject pins it)
 SYMMETRIC = "SYMMETRIC_DEFAULT"
-MAC_ALGORITHMS = {f"HMAC_{n}": [f"HMAC_SHA_{n}"] for n in (224, 256, 384, 512)}
 _ALL_SIGNING = [*SIGNING_ALGORITHMS, *UNSUPPORTED_SIGNING_ALGORITHMS]
 _ALL_ENCRYPTION = [SYMMETRIC, *ENCRYPTION_ALGORITHMS, *UNSUPPORTED_ENCRYPTION_ALGORITHMS]
 
@@ -81,6 +87,8 @@ class EmulatorKey(Key):
         super().__init__(*args, **kwargs)
         # moto types it as always a key; symmetric keys have none
         self.private_key = crypto.generate(self.spec) if self.spec else None  # type: ignore[assignment]
+        if self.key_spec in HMAC_KEY_SPECS:  # moto's is always 32 bytes; KMS's is the spec's size
+            self.key_material = os.urandom(HMAC_KEY_SPECS[self.key_spec][1])
 
     @property
     def spec(self) -> KeySpec | None:
@@ -98,6 +106,12 @@ class EmulatorKey(Key):
             return None
         return list(self.spec.signing)
 
+    @property
+    def mac_algorithms(self) -> list[str] | None:
+        if self.key_usage != "GENERATE_VERIFY_MAC" or self.key_spec not in HMAC_KEY_SPECS:
+            return None
+        return [HMAC_KEY_SPECS[self.key_spec][0]]
+
     def algorithm_fields(self) -> dict[str, list[str]]:
         """The algorithm lists DescribeKey and GetPublicKey show for this key's usage."""
         fields = {
@@ -105,7 +119,7 @@ class EmulatorKey(Key):
             "SigningAlgorithms": self.signing_algorithms,
             "KeyAgreementAlgorithms": (list(self.spec.key_agreement) if self.spec
                                        and self.key_usage == "KEY_AGREEMENT" else None),
-            "MacAlgorithms": MAC_ALGORITHMS.get(self.key_spec),
+            "MacAlgorithms": self.mac_algorithms,
         }
         return {name: value for name, value in fields.items() if value}
 
@@ -344,15 +358,59 @@ class EmulatorKmsResponse(KmsResponse):
                             key.encryption_algorithms)
         return super().re_encrypt()
 
+    # -- GenerateMac / VerifyMac (moto's skip the length, algorithm and state checks) --
+
+    def _mac_request(self, operation: str) -> tuple[EmulatorKey, bytes, str]:
+        message = self._blob("Message", MAX_MESSAGE)
+        algorithm = self._get_param("MacAlgorithm")
+        if algorithm is None:
+            raise _constraint("macAlgorithm", "not be null")
+        _enum("macAlgorithm", algorithm, list(MAC_ALGORITHMS))
+        key = self._key()
+        self._usage(key, "GENERATE_VERIFY_MAC", operation)
+        self._algorithm(key, algorithm, key.mac_algorithms)
+        return key, message, algorithm
+
     def generate_mac(self) -> str:
-        self._usage(self._key(), "GENERATE_VERIFY_MAC", "GenerateMac")
+        key, message, algorithm = self._mac_request("GenerateMac")
         self._dry_run()
-        return super().generate_mac()
+        tag = crypto.mac(key.key_material, algorithm, message)
+        return json.dumps({"Mac": _b64(tag), "MacAlgorithm": algorithm, "KeyId": key.arn})
 
     def verify_mac(self) -> str:
-        self._usage(self._key(), "GENERATE_VERIFY_MAC", "VerifyMac")
+        tag = self._blob("Mac", MAX_MAC)
+        key, message, algorithm = self._mac_request("VerifyMac")
         self._dry_run()
-        return super().verify_mac()
+        if not crypto.mac_matches(key.key_material, algorithm, message, tag):
+            raise KmsError("KMSInvalidMacException")
+        return json.dumps({"KeyId": key.arn, "MacValid": True, "MacAlgorithm": algorithm})
+
+    # -- DeriveSharedSecret (ECDH with a KEY_AGREEMENT key; moto 5.2.5 has no such operation) --
+
+    def derive_shared_secret(self) -> str:
+        algorithm = self._get_param("KeyAgreementAlgorithm")
+        if algorithm is None:
+            raise _constraint("keyAgreementAlgorithm", "not be null")
+        _enum("keyAgreementAlgorithm", algorithm, list(KEY_AGREEMENT_ALGORITHMS))
+        peer = self._blob("PublicKey", MAX_PUBLIC_KEY)
+        recipient = self._get_param("Recipient")
+        key = self._key()
+        self._usage(key, "KEY_AGREEMENT", "DeriveSharedSecret")
+        assert key.spec is not None  # CreateKey allows KEY_AGREEMENT only with an EC key spec
+        self._algorithm(key, algorithm, list(key.spec.key_agreement))
+        if recipient is not None:
+            # KMS verifies the Nitro attestation document against the AWS Nitro root; nothing
+            # outside an enclave can produce one, and the emulator verifies none.
+            raise _validation("Recipient is not supported: the KMS emulator cannot verify an "
+                              "attestation document.")
+        try:
+            secret = crypto.ecdh(key.private_key, peer)
+        except ValueError as exc:
+            raise _validation(f"PublicKey is not a valid {key.key_spec} public key: "
+                              f"{exc}.") from None
+        self._dry_run()
+        return json.dumps({"KeyId": key.arn, "SharedSecret": _b64(secret),
+                           "KeyAgreementAlgorithm": algorithm, "KeyOrigin": key.origin})
 
     # -- GetPublicKey / GenerateRandom --
 
@@ -376,3 +434,25 @@ class EmulatorKmsResponse(KmsResponse):
         if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 1024:
             raise _constraint("numberOfBytes", "have value between 1 and 1024", count)
         return json.dumps({"Plaintext": _b64(os.urandom(count))})
+
+
+# -- the test-only material hook (server.KEY_MATERIAL_PATH); never part of the KMS API --
+
+def key_material(key_id: str) -> dict[str, str] | None:
+    """A key's secret material for tests that check KMS's output independently, or None.
+
+    ``Format`` RAW: the secret key bytes (HMAC, SYMMETRIC_DEFAULT); PKCS8: the unencrypted DER
+    private key of an asymmetric key. Looks in every account and region the emulator has served."""
+    for account in list(kms_backends.values()):
+        for backend in list(account.values()):
+            key = backend.keys.get(key_id)
+            if key is None:
+                continue
+            key = cast(EmulatorKey, key)
+            if key.private_key is not None:
+                fmt, material = "PKCS8", crypto.private_key_der(key.private_key)
+            else:
+                fmt, material = "RAW", key.key_material
+            return {"KeyId": key.arn, "KeySpec": key.key_spec, "KeyUsage": key.key_usage,
+                    "Format": fmt, "KeyMaterial": _b64(material)}
+    return None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import json
 import logging
 import signal
 import ssl
@@ -14,6 +16,35 @@ from typing import Any
 from ..tools.loopback import loopback_host
 
 ENDPOINT_PREFIX = "endpoint: "
+# Test-only hook, like the faults path: GET it for a key's secret material (kms.key_material).
+# Emulator only, never KMS; answered only to loopback clients (and the server binds only loopback).
+KEY_MATERIAL_PATH = "/_emulator/keys/{key_id}/material"
+_KEYS_PREFIX, _MATERIAL_SUFFIX = KEY_MATERIAL_PATH.split("{key_id}")
+
+
+def _json(start_response: Callable[..., Any], status: str, body: dict[str, Any]) -> list[bytes]:
+    payload = json.dumps(body).encode()
+    start_response(status, [("Content-Type", "application/json"),
+                            ("Content-Length", str(len(payload)))])
+    return [payload]
+
+
+def _serve_key_material(environ: dict[str, Any], start_response: Callable[..., Any],
+                        key_id: str) -> list[bytes]:
+    try:
+        local = ipaddress.ip_address(environ.get("REMOTE_ADDR", "")).is_loopback
+    except ValueError:
+        local = False
+    if not local:
+        return _json(start_response, "403 Forbidden", {"error": "loopback clients only"})
+    if environ.get("REQUEST_METHOD", "GET") != "GET":
+        return _json(start_response, "405 Method Not Allowed", {"error": "use GET"})
+    from .kms import key_material
+
+    material = key_material(key_id) if key_id and "/" not in key_id else None
+    if material is None:
+        return _json(start_response, "404 Not Found", {"error": f"no key {key_id!r}"})
+    return _json(start_response, "200 OK", material)
 
 
 def build_app() -> Callable[..., Any]:
@@ -43,6 +74,10 @@ def build_app() -> Callable[..., Any]:
     def dispatch(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         if environ.get("HTTP_X_AMZ_TARGET", "").startswith("TrentService."):
             return kms_app(environ, start_response)
+        path = environ.get("PATH_INFO", "")
+        if path.startswith(_KEYS_PREFIX) and path.endswith(_MATERIAL_SUFFIX):
+            key_id = path[len(_KEYS_PREFIX):len(path) - len(_MATERIAL_SUFFIX)]
+            return _serve_key_material(environ, start_response, key_id)
         return others(environ, start_response)
 
     return FaultInjector(dispatch)

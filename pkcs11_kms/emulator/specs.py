@@ -124,3 +124,19 @@ SYMMETRIC_SPECS: dict[str, str] = {
 }
 
 UNSUPPORTED_KEY_SPECS = ("SM2",)  # China Regions only
+
+# GenerateMac/VerifyMac (RFC 2104 HMAC): each HMAC key spec allows exactly the MAC algorithm of its
+# size, and its key material is that many bits ("Key spec reference", HMAC key specs).
+MAC_ALGORITHMS: dict[str, type[hashes.HashAlgorithm]] = {
+    "HMAC_SHA_224": hashes.SHA224, "HMAC_SHA_256": hashes.SHA256,
+    "HMAC_SHA_384": hashes.SHA384, "HMAC_SHA_512": hashes.SHA512,
+}
+# HMAC key spec -> (its one MAC algorithm, its key length in bytes)
+HMAC_KEY_SPECS: dict[str, tuple[str, int]] = {
+    f"HMAC_{n}": (f"HMAC_SHA_{n}", n // 8) for n in (224, 256, 384, 512)
+}
+MAX_MAC = 6144  # VerifyMac Mac blob (CiphertextType)
+
+# DeriveSharedSecret: ECDH is the only KeyAgreementAlgorithm; PublicKey is a 1..8192-byte DER SPKI.
+KEY_AGREEMENT_ALGORITHMS = ("ECDH",)
+MAX_PUBLIC_KEY = 8192

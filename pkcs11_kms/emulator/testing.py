@@ -1,7 +1,9 @@
-"""EmulatorProcess: run the emulator in a subprocess for tests and demos, and switch its faults."""
+"""EmulatorProcess: run the emulator in a subprocess for tests and demos, switch its faults, and
+(test-only) read a key's secret material to check KMS's results independently."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import queue
@@ -9,12 +11,14 @@ import ssl
 import subprocess
 import sys
 import threading
+import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .faults import CONTROL_PATH
-from .server import ENDPOINT_PREFIX
+from .server import ENDPOINT_PREFIX, KEY_MATERIAL_PATH
 
 DEFAULT_REGION = "eu-west-1"
 # Never real credentials, never the EC2 metadata service (docs/design.md, "The emulator").
@@ -27,6 +31,53 @@ DUMMY_AWS_ENV = {
     "AWS_EC2_METADATA_DISABLED": "true",
 }
 _DROPPED_ENV = ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_KMS", "AWS_CA_BUNDLE")
+
+
+def _open(endpoint_url: str, path: str, method: str = "GET", body: dict[str, Any] | None = None,
+          ca_bundle: str | None = None) -> dict[str, Any]:
+    """One JSON request to the emulator's own (non-KMS) paths; no proxy, the CA trusted."""
+    handlers: list[Any] = [urllib.request.ProxyHandler({})]
+    if endpoint_url.startswith("https"):
+        context = ssl.create_default_context(cafile=ca_bundle)
+        handlers.append(urllib.request.HTTPSHandler(context=context))
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(endpoint_url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.build_opener(*handlers).open(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+@dataclass(frozen=True)
+class KeyMaterial:
+    """A key's secret material as the emulator reveals it to tests (never available from KMS).
+
+    ``format`` is "RAW" (``material`` is the secret key itself: HMAC and SYMMETRIC_DEFAULT keys)
+    or "PKCS8" (``material`` is the unencrypted DER private key of an asymmetric key)."""
+
+    key_arn: str
+    key_spec: str
+    key_usage: str
+    format: str
+    material: bytes
+
+    def private_key(self) -> Any:
+        """The asymmetric private key as a cryptography object."""
+        from cryptography.hazmat.primitives import serialization
+
+        if self.format != "PKCS8":
+            raise ValueError(f"{self.key_spec} keys have no private key")
+        return serialization.load_der_private_key(self.material, password=None)
+
+
+def key_material(endpoint_url: str, key_id: str, ca_bundle: str | None = None) -> KeyMaterial:
+    """TEST ONLY: the secret material of ``key_id`` (a key ID or key ARN) from a running emulator
+    at ``endpoint_url`` (GET server.KEY_MATERIAL_PATH). Real KMS has no such thing; an unknown key
+    raises urllib.error.HTTPError 404."""
+    bare = key_id.rsplit(":key/", 1)[-1]
+    data = _open(endpoint_url, KEY_MATERIAL_PATH.format(key_id=urllib.parse.quote(bare, safe="")),
+                 ca_bundle=ca_bundle)
+    return KeyMaterial(data["KeyId"], data["KeySpec"], data["KeyUsage"], data["Format"],
+                       base64.b64decode(data["KeyMaterial"]))
 
 
 class EmulatorProcess:
@@ -130,16 +181,7 @@ class EmulatorProcess:
     def _control(self, method: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         if self.endpoint_url is None:
             raise RuntimeError("the emulator is not started")
-        handlers: list[Any] = [urllib.request.ProxyHandler({})]
-        if self.endpoint_url.startswith("https"):
-            context = ssl.create_default_context(cafile=self.ca_bundle)
-            handlers.append(urllib.request.HTTPSHandler(context=context))
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.endpoint_url + CONTROL_PATH, data=data,
-                                         method=method,
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.build_opener(*handlers).open(request, timeout=10) as response:
-            return json.loads(response.read())
+        return _open(self.endpoint_url, CONTROL_PATH, method, body, self.ca_bundle)
 
     def set_faults(self, settings: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
         """Replace the fault settings, e.g. set_faults(error_code="ThrottlingException",
@@ -153,3 +195,11 @@ class EmulatorProcess:
     def faults(self) -> dict[str, Any]:
         """{"faults": current settings, "stats": counters since they were set}."""
         return self._control("GET")
+
+    # -- test-only: key material (see key_material above) --
+
+    def key_material(self, key_id: str) -> KeyMaterial:
+        """TEST ONLY: the secret material of ``key_id`` (key ID or ARN) in this emulator."""
+        if self.endpoint_url is None:
+            raise RuntimeError("the emulator is not started")
+        return key_material(self.endpoint_url, key_id, self.ca_bundle)

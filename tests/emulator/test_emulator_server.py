@@ -107,6 +107,13 @@ def test_https_faults(https_emulator):
         https_emulator.clear_faults()
 
 
+def test_https_key_material(https_emulator):
+    kms = https_emulator.client(config=NO_RETRY)
+    meta = kms.create_key(KeySpec="HMAC_512", KeyUsage="GENERATE_VERIFY_MAC")["KeyMetadata"]
+    key_id = meta["KeyId"]
+    assert len(https_emulator.key_material(key_id).material) == 64
+
+
 def test_https_needs_the_ca(https_emulator, pki):
     untrusting = https_emulator.client(ca_bundle=ssl.get_default_verify_paths().cafile or True,
                                        config=NO_RETRY)
