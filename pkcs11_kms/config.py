@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import logging
 import math
 import os
@@ -15,6 +16,7 @@ from types import MappingProxyType
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
+from . import trust
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,8 @@ class Connection:
     read_timeout: float = 15.0  # seconds
     max_attempts: int = 3  # botocore retry attempts, first try included
     retry_mode: str = "standard"  # botocore retry mode: standard | adaptive | legacy
+    # http:// to a host that is not loopback (docs/security.md, "Transport")
+    allow_insecure_http: bool = False
 
 
 @dataclass(frozen=True)
@@ -88,16 +92,36 @@ def _path(value: str, base: Path) -> str:
     """A path relative to the config file's directory (nginx workers run elsewhere)."""
     if not value:
         _fail("must not be empty")
-    return str(base / Path(value).expanduser())
+    return str(base / trust.expand(value))
+
+
+def _untrusted(problem: str) -> NoReturn:
+    _fail(f"refused: {problem} (docs/security.md, \"Files\")")
 
 
 def _readable_file(value: str, base: Path) -> str:
+    """A file to read (certificates, ca_bundle) that no other user can change."""
     path = _path(value, base)
     try:
-        with open(path, "rb"):
-            pass
+        with open(path, "rb") as f:
+            trust.check_stat(os.fstat(f.fileno()), path)
+        trust.check_file(path)
     except OSError as e:
         _fail(f"cannot read {path}: {e.strerror or e}")
+    except trust.Untrusted as e:
+        _untrusted(str(e))
+    return path
+
+
+def _log_file(value: str, base: Path) -> str:
+    """The log file: no other user may change it or where it is; never a symbolic link."""
+    path = _path(value, base)
+    try:
+        trust.check_file(path, symlink=False, missing_ok=True)
+    except OSError:
+        pass  # logs.configure says why it cannot be opened, and logs to stderr
+    except trust.Untrusted as e:
+        _untrusted(str(e))
     return path
 
 
@@ -120,6 +144,28 @@ def _url(value: str, base: Path) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname or re.search(r"\s", value):
         _fail(f"{value!r} is not an http:// or https:// URL")
     return value
+
+
+def loopback(host: str | None) -> bool:
+    """Whether a URL's host is this machine: localhost, 127.0.0.0/8 or ::1."""
+    if not host:
+        return False
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or bool(mapped and mapped.is_loopback)
+
+
+def insecure_http(url: str | None) -> bool:
+    """Plain http:// to a host that is not loopback: requests and answers readable on the way."""
+    if not url:
+        return False
+    parts = urlsplit(url)
+    return parts.scheme.lower() == "http" and not loopback(parts.hostname)
 
 
 def _positive(value: float, base: Path) -> float:
@@ -234,6 +280,7 @@ _SETTINGS: dict[str, _Setting] = {
     "profile": _Setting((str,), _C.profile, BOTH, _nonempty),
     "endpoint_url": _Setting((str,), _C.endpoint_url, BOTH, _url),
     "ca_bundle": _Setting((str,), _C.ca_bundle, BOTH, _readable_file),
+    "allow_insecure_http": _Setting((bool,), _C.allow_insecure_http, BOTH),
     "connect_timeout": _Setting((int, float), _C.connect_timeout, BOTH, _positive),
     "read_timeout": _Setting((int, float), _C.read_timeout, BOTH, _positive),
     "max_attempts": _Setting((int,), _C.max_attempts, BOTH, _at_least_one),
@@ -241,7 +288,7 @@ _SETTINGS: dict[str, _Setting] = {
     "public_key_operations": _Setting((str,), "local", BOTH, _one_of("local", "kms")),
     "refresh_interval": _Setting((int, float), TokenConfig.refresh_interval, BOTH, _interval),
     "log_level": _Setting((str,), "warning", TOP, _one_of(*LOG_LEVELS)),
-    "log_file": _Setting((str,), None, TOP, _path),
+    "log_file": _Setting((str,), None, TOP, _log_file),
     "label": _Setting((str,), None, TOKEN, _label),
     "keys": _Setting((list,), None, TOKEN, _keys),
     "alias_prefix": _Setting((str,), None, TOKEN, _alias_prefix),
@@ -308,6 +355,12 @@ def _token(table: Mapping[str, Any], defaults: Mapping[str, Any], base: Path) ->
         )
     if v["token_per_key"] and v["label"] is not None:
         _fail("label: with token_per_key = true each token takes its key's label")
+    if insecure_http(v["endpoint_url"]) and not v["allow_insecure_http"]:
+        _fail(
+            f"endpoint_url: {v['endpoint_url']!r} is plain http:// to a host that is not "
+            "loopback: requests, answers and the session token would cross the network "
+            "unencrypted; use https://, or set allow_insecure_http = true if you must"
+        )
     for i, ref in enumerate(v["keys"] or ()):
         if v["token_per_key"] and ref.label is not None:
             _at(f"keys[{i}]: label", _label, ref.label, base)
@@ -371,23 +424,31 @@ def _looks_like_path(reserved: str) -> bool:
     return reserved.startswith(("/", "./", "../", "~")) or reserved.endswith(".toml")
 
 
-def find_config(reserved: str | None = None, environ: Mapping[str, str] = os.environ) -> str | None:
+def find_config(
+    reserved: str | None = None, environ: Mapping[str, str] | None = None
+) -> str | None:
     """The config file to use, in lookup order; None when there is none. ConfigError when a path
-    named explicitly (pReserved, $PKCS11_KMS_CONFIG) does not exist."""
-    home = environ.get("HOME") or os.path.expanduser("~")
+    named explicitly (pReserved, $PKCS11_KMS_CONFIG) does not exist. In a privileged process
+    (setuid, setgid, capabilities) the environment names no file and the user's config is not
+    read: pReserved (the program's own choice) or the system-wide file (docs/security.md)."""
+    env = trust.environ(environ)
+    privileged = trust.privileged()
 
     def expand(p: str) -> str:
-        return home + p[1:] if p == "~" or p.startswith("~/") else p
+        return trust.expand(p, env)
 
     if reserved:
         if os.path.isfile(expand(reserved)) or _looks_like_path(reserved):
             return _explicit(expand(reserved), "C_Initialize pReserved")
         log.debug("ignoring C_Initialize pReserved %r: not a config file path", reserved)
-    if environ.get(ENV_VAR):
-        return _explicit(expand(environ[ENV_VAR]), f"${ENV_VAR}")
-    xdg = environ.get("XDG_CONFIG_HOME", "")
-    user = os.path.join(xdg if os.path.isabs(xdg) else os.path.join(home, ".config"), USER_CONFIG)
-    for candidate in (user, SYSTEM_CONFIG):
+    if env.get(ENV_VAR):
+        return _explicit(expand(env[ENV_VAR]), f"${ENV_VAR}")
+    candidates = [SYSTEM_CONFIG]
+    if not privileged:
+        xdg = env.get("XDG_CONFIG_HOME", "")
+        config_home = xdg if os.path.isabs(xdg) else os.path.join(trust.home(env), ".config")
+        candidates.insert(0, os.path.join(config_home, USER_CONFIG))
+    for candidate in candidates:
         if os.path.lexists(candidate):
             return os.path.abspath(candidate)
     return None
@@ -399,9 +460,10 @@ def _explicit(path: str, source: str) -> str:
     return os.path.abspath(path)
 
 
-def load_config(reserved: str | None = None, environ: Mapping[str, str] = os.environ) -> Config:
+def load_config(reserved: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
     """Find, read and validate the configuration (C_Initialize). Raises ConfigError, whose
-    message names the file and the problem in one line."""
+    message names the file and the problem in one line. A file another user could change is
+    refused (docs/security.md, "Files")."""
     path = find_config(reserved, environ)
     if path is None:
         log.debug("no config file: one token with every usable key, AWS default settings")
@@ -409,13 +471,25 @@ def load_config(reserved: str | None = None, environ: Mapping[str, str] = os.env
     log.debug("config file %s", path)
     try:
         with open(path, "rb") as f:
+            trust.check_stat(os.fstat(f.fileno()), path)
+            trust.check_file(path)
             document = tomllib.loads(f.read().decode("utf-8"))
-        return _build(document, Path(path).parent, path)
+        config = _build(document, Path(path).parent, path)
     except OSError as e:
         raise ConfigError(path, f"cannot read: {e.strerror or e}") from None
+    except trust.Untrusted as e:
+        raise ConfigError(path, f"refused: {e} (docs/security.md, \"Files\")") from None
     except UnicodeDecodeError as e:
         raise ConfigError(path, f"not UTF-8 text (byte {e.start})") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(path, f"TOML syntax error: {e}") from None
     except _Bad as e:
         raise ConfigError(path, str(e)) from None
+    for n, token in enumerate(config.tokens, 1):
+        if token.connection.allow_insecure_http and insecure_http(token.connection.endpoint_url):
+            from . import logs
+
+            logs.warn_at_start(
+                f"config {path}: [[token]] #{n}: allow_insecure_http: KMS requests and answers "
+                f"to {token.connection.endpoint_url} cross the network unencrypted")
+    return config

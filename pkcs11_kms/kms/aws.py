@@ -10,6 +10,8 @@ import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+from .. import logs, trust
+from ..config import insecure_http
 from . import loop
 from .backend import (Alias, Connection, KeyMetadata, KeyRead, KmsBackend, PublicKey, Wanted,
                       refuses_the_key)
@@ -313,13 +315,19 @@ class AwsKms(KmsBackend):
 
     async def _request(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
         client = await self._client()
-        answer: dict[str, Any] = await getattr(client, _method_name(operation))(**params)
+        try:
+            answer: dict[str, Any] = await getattr(client, _method_name(operation))(**params)
+        finally:
+            logs.guard_libraries()  # loggers the request's imports made
         return answer
 
     async def _client(self) -> Any:
         """This Connection's client on the running loop, made once (a failure is retried)."""
         import asyncio
 
+        # botocore's debug records of our requests hold their data (docs/security.md, "Logs")
+        logs.mark_module_loop(asyncio.get_running_loop())
+        logs.guard_libraries()
         resources = loop.resources()
         task = resources.get(self._client_key)
         if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
@@ -331,7 +339,9 @@ class AwsKms(KmsBackend):
 
         from .. import __version__
 
+        logs.guard_libraries()  # the loggers importing aiobotocore made
         c = self.connection
+        privileged = trust.privileged()
         config = AioConfig(
             connect_timeout=c.connect_timeout,
             read_timeout=c.read_timeout,
@@ -339,18 +349,35 @@ class AwsKms(KmsBackend):
             max_pool_connections=_POOL_CONNECTIONS,
             user_agent_extra=f"pkcs11-kms/{__version__}",
             http_session_cls=_http_session_class(),
+            # A privileged process: no endpoint from AWS_ENDPOINT_URL* or a config file.
+            ignore_configured_endpoint_urls=True if privileged else None,
         )
         # No region named: botocore's own; AWS_PROFILE and AWS_ENDPOINT_URL_KMS botocore reads.
         named = named_region(c)
-        context = _session(c.profile).create_client(
+        session = _session(c.profile)
+        if privileged:  # docs/security.md, "Privileged hosts": not $HOME's nor $AWS_CONFIG_FILE's
+            aws = os.path.join(trust.home({}), ".aws")
+            session.set_config_variable("config_file", os.path.join(aws, "config"))
+            session.set_config_variable("credentials_file", os.path.join(aws, "credentials"))
+        context = session.create_client(
             "kms",
             region_name=named[0] if named else None,
             endpoint_url=c.endpoint_url,
-            verify=c.ca_bundle,
+            # TLS is always verified: against ca_bundle, or botocore's default CAs. None would
+            # let AWS_CA_BUNDLE or REQUESTS_CA_BUNDLE choose: not in a privileged process.
+            verify=c.ca_bundle or (True if privileged else None),
             config=config,
         )
         client = await context.__aenter__()
         loop.add_cleanup(lambda: context.__aexit__(None, None, None))
+        logs.guard_libraries()  # and the ones making the client made
+        endpoint = client.meta.endpoint_url
+        if insecure_http(endpoint) and not c.allow_insecure_http:
+            # from AWS_ENDPOINT_URL_KMS or ~/.aws/config: the config's own is refused at load
+            raise KmsError("NetworkError", "connect", None, None,
+                           f"refusing plain http:// to {endpoint}, not a loopback address: use "
+                           "https://, or allow_insecure_http = true in the config "
+                           "(docs/security.md, \"Transport\")")
         return client
 
 
@@ -360,8 +387,9 @@ def named_region(connection: Connection) -> tuple[str, str] | None:
     botocore reads only them."""
     if connection.region:
         return connection.region, "config"
-    if os.environ.get("AWS_REGION"):
-        return os.environ["AWS_REGION"], "AWS_REGION"
+    region = trust.environ().get("AWS_REGION")
+    if region:
+        return region, "AWS_REGION"
     return None
 
 
