@@ -11,6 +11,8 @@ privileged process, which files it accepts, and text from outside in log lines.
   write, as ssh's StrictModes; the one exception is a shared directory with the sticky bit
   (/tmp), where only an entry's owner can replace it, so the entry must be ours or root's.
 - `escape()`: control characters of outside text, so that no log line can start inside it.
+- `wipe()`: zeroes a buffer that held a secret (decrypted plaintext, random bytes) once the
+  host has it or the operation ended without delivering it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ PRIVILEGED_IGNORED = frozenset({
     "PKCS11_KMS_CONFIG", "PKCS11_KMS_LOG", "OPENSSL_ENGINE_KMS_LOG", "XDG_CONFIG_HOME", "HOME",
     "AWS_CA_BUNDLE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "REQUESTS_CA_BUNDLE",
     "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
+    # Where botocore's credential providers fetch credentials from (kms/privileged.py)
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+    "AWS_EC2_METADATA_SERVICE_ENDPOINT", "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN", "AWS_ROLE_SESSION_NAME",
 })
 _ENDPOINT_VARS = re.compile(r"AWS_ENDPOINT_URL(_.*)?")
 _MAX_LINKS = 40  # as the kernel's path walk
@@ -205,3 +212,12 @@ def _escaped(match: re.Match[str]) -> str:
 def escape(text: str) -> str:
     """`text` on one line: control characters written as \\n, \\r, \\t, \\xNN, \\uNNNN."""
     return _CONTROL.sub(_escaped, text)
+
+
+# --- secrets in memory -----------------------------------------------------------------------
+
+
+def wipe(buffer: bytes | bytearray | None) -> None:
+    """Zeroes a bytearray in place (bytes are immutable: Python gives no way to clear them)."""
+    if isinstance(buffer, bytearray):
+        buffer[:] = bytes(len(buffer))  # same length: written over in place, not reallocated

@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -19,6 +22,7 @@ from hosts import free_port, tool
 from keyseed import write_config
 
 CLI = [sys.executable, "-m", "pkcs11_kms"]
+NOBODY = 65534
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60,
@@ -30,6 +34,21 @@ def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60,
                           timeout=timeout, stdin=subprocess.DEVNULL)
     assert "Traceback" not in proc.stderr, proc.stderr
     return proc
+
+
+def listening(port: int) -> set[str]:
+    """The local addresses of the TCP sockets listening on `port` (/proc/net/tcp, tcp6)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            address, _, hex_port = fields[1].partition(":")
+            if fields[3] == "0A" and int(hex_port, 16) == port:  # TCP_LISTEN
+                raw = bytes.fromhex(address)
+                words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+                found.add(socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6,
+                                           words))
+    return found
 
 
 # ---- module-path --------------------------------------------------------------------------------
@@ -245,6 +264,66 @@ def test_doctor_reports_a_bad_config(tmp_path):
     assert f"✗ config: config {bad}: [[token]] #1: keys: is empty" in proc.stdout
 
 
+@pytest.fixture
+def install(tmp_path, module_path):
+    """A fresh installation: a virtual environment with a copy of the package (the library
+    included) in its site-packages, and the test environment's dependencies through a .pth."""
+    import site
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
+                   timeout=120, capture_output=True)
+    [packages] = venv.glob("lib/python3*/site-packages")
+    shutil.copytree(Path(module_path).parent, packages / "pkcs11_kms",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (packages / "dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    return venv, packages / "pkcs11_kms"
+
+
+def test_doctor_checks_the_installation(install, acceptance_config, kms_server):
+    """The library, its package and its Python environment: another user must not be able to
+    change them (docs/security.md, "The installation")."""
+    venv, package = install
+    library = package / "libkms-pkcs11.so"
+    python = str(venv / "bin" / "python")
+
+    def doctor() -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "PKCS11_KMS_CONFIG": acceptance_config}
+        proc = subprocess.run([python, "-m", "pkcs11_kms", "doctor"], env=env, timeout=120,
+                              capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                              cwd=venv)  # not the checkout's pkcs11_kms (-m imports from cwd)
+        assert "Traceback" not in proc.stderr, proc.stderr
+        return proc
+
+    clean = doctor()
+    assert f"✓ installation: {library}, its package and its Python environment ({venv}) " \
+           "can be changed only by root" in clean.stdout, clean.stdout
+    assert clean.returncode == 0, clean.stdout
+
+    (package / "core" / "operations.py").chmod(0o664)
+    (package / "kms").chmod(0o777)
+    library.chmod(0o646)
+    os.chown(venv / "pyvenv.cfg", NOBODY, NOBODY)
+    changed = doctor()
+    out = changed.stdout
+    assert changed.returncode == 1, out
+    lines = [line for line in out.splitlines() if line.startswith("✗ installation")]
+    assert len(lines) == 3, out
+    library_line, package_line, python_line = lines
+    assert library_line == (f"✗ installation: library: {library} is writable by other users "
+                            f"(mode 0646): chmod go-w {library}")
+    assert package_line.startswith("✗ installation: package: ")
+    assert f"{package}/core/operations.py is writable by other users (mode 0664)" in out \
+        or f"{package}/kms is writable by other users (mode 0777)" in out
+    assert package_line.endswith(" (and 1 more)")  # operations.py and kms/
+    assert python_line == (f"✗ installation: Python environment: {venv}/pyvenv.cfg belongs to "
+                           f"nobody, who could change it: it must belong to root "
+                           f"(chown root {venv}/pyvenv.cfg)")
+    assert out.count("→ fix: every program that loads the library runs this code: install "
+                     "pkcs11-kms as root") == 3, out
+    assert "✓ config:" in out  # the other checks still run
+
+
 # ---- emulator -----------------------------------------------------------------------------------
 
 
@@ -271,6 +350,8 @@ def test_emulator_command_runs_writes_a_working_config_and_stops(tmp_path, modul
         assert exports["AWS_EC2_METADATA_DISABLED"] == "true"
         assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"} <= set(exports)
         assert (state / "tls" / "ca.pem").is_file()
+        assert stat.S_IMODE((state / "tls" / "server.key").stat().st_mode) == 0o600
+        assert listening(port) == {"127.0.0.1"}  # loopback only
         assert f"export PKCS11_KMS_CONFIG={config}" in (state / "env.sh").read_text()
         assert all(not line or line.startswith(("#", "export ", "unset ")) for line in lines)
 

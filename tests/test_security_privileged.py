@@ -6,7 +6,10 @@ process AT_SECURE, as for sudo or any setuid program. Its environment plants a c
 (PKCS11_KMS_CONFIG, XDG_CONFIG_HOME), a log level (PKCS11_KMS_LOG), an endpoint (AWS_ENDPOINT_URL)
 and a CA bundle (AWS_CA_BUNDLE); the module must use only /etc/pkcs11-kms/config.toml. The same
 host without the setuid bit, as nobody with the same environment, uses each of them: so the
-planted values work, and a module that stopped ignoring them would fail here.
+planted values work, and a module that stopped ignoring them would fail here. The same for the
+variables that tell botocore's credential providers where to fetch credentials (a container
+credentials URL and its token, a web identity token file and role): a local server records
+what the unprivileged run fetches, and sees nothing from the privileged one.
 
 /etc/pkcs11-kms/config.toml is written in a private mount namespace (an overlay over /etc), where
 /etc/hosts also sends the AWS endpoint of the region to 127.0.0.1: the privileged runs never
@@ -15,11 +18,15 @@ reach AWS. Needs root (CI runs the tests as root).
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import shutil
 import stat
 import sys
 import tempfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -28,7 +35,7 @@ from keyseed import REGION, seed_key
 
 NOBODY = 65534
 # Runs "$@" as nobody, with /etc/pkcs11-kms/config.toml = $SYSTEM_CONFIG and the region's KMS
-# endpoint on 127.0.0.1, in the mount namespace unshare made.
+# and STS endpoints on 127.0.0.1, in the mount namespace unshare made.
 NAMESPACE_SCRIPT = """set -e
 mount -t tmpfs -o mode=0755 tmpfs "$OVERLAY"
 mkdir "$OVERLAY/upper" "$OVERLAY/work"
@@ -36,7 +43,7 @@ mount -t overlay overlay -o "lowerdir=/etc,upperdir=$OVERLAY/upper,workdir=$OVER
 mkdir -p /etc/pkcs11-kms
 cp "$SYSTEM_CONFIG" /etc/pkcs11-kms/config.toml
 chmod 0644 /etc/pkcs11-kms/config.toml
-echo "127.0.0.1 kms.$REGION_NAME.amazonaws.com" >> /etc/hosts
+echo "127.0.0.1 kms.$REGION_NAME.amazonaws.com sts.$REGION_NAME.amazonaws.com sts.amazonaws.com" >> /etc/hosts
 exec "$SETPRIV" --reuid=65534 --regid=65534 --clear-groups "$@"
 """
 SYSTEM = (f'region = "{REGION}"\nconnect_timeout = 2\nread_timeout = 2\nmax_attempts = 1\n'
@@ -155,3 +162,145 @@ def test_planted_ca_bundle(site, module_path, https_kms_server):
     assert ignored["token"] == "system"
     assert objects(ignored)[0] != "0", ignored  # the emulator's CA is not botocore's
     assert "TLS" in ignored["stderr"] or "Tls" in ignored["stderr"], ignored["stderr"]
+
+
+# ---- credential providers -------------------------------------------------------------------
+
+CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+@pytest.fixture
+def recorder():
+    """A server on loopback that records each request (a container credentials endpoint, an STS
+    endpoint) and answers GET with credentials."""
+    seen: list[tuple[str, str, str, bytes]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(("GET", self.path, self.headers.get("Authorization", ""), b""))
+            body = json.dumps({"AccessKeyId": "planted", "SecretAccessKey": "planted",
+                               "Token": "planted", "Expiration": "2099-01-01T00:00:00Z"}).encode()
+            self._answer(200, body)
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            seen.append(("POST", self.path, self.headers.get("Authorization", ""), body))
+            self._answer(403, b"<ErrorResponse><Error><Code>AccessDenied</Code></Error>"
+                              b"</ErrorResponse>")
+
+        def _answer(self, status: int, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def without_credentials(folder: Path) -> dict[str, str]:
+    env = {k: v for k, v in base_env(folder).items() if k not in CREDENTIAL_VARIABLES}
+    env["AWS_EC2_METADATA_DISABLED"] = "true"  # never the instance's metadata service
+    return env
+
+
+def test_planted_container_credentials(site, module_path, kms_server, seeded, recorder):
+    url, seen = recorder
+    folder = site[0]
+    # the system config names the emulator: credentials are all that differs between the runs
+    system = SYSTEM.replace("[[token]]", f'endpoint_url = "{kms_server.endpoint_url}"\n[[token]]')
+    env = {**without_credentials(folder),
+           "AWS_CONTAINER_CREDENTIALS_FULL_URI": f"{url}/planted-credentials",
+           "AWS_CONTAINER_AUTHORIZATION_TOKEN": "planted-token"}
+    used = host(site, module_path, env, system, privileged=False)
+    assert ("GET", "/planted-credentials", "planted-token", b"") in seen
+    assert objects(used)[0] == "0" and objects(used)[1] >= 6  # with the planted credentials
+    seen.clear()
+    ignored = host(site, module_path, env, system, privileged=True)
+    assert seen == []  # not asked
+    assert objects(ignored)[0] != "0", ignored  # no credentials: root has none here
+
+
+def test_planted_web_identity(site, module_path, kms_server, recorder):
+    url, seen = recorder
+    folder = site[0]
+    token = folder / "web-identity-token"
+    token.write_text("planted-web-identity-token")
+    token.chmod(0o644)
+    env = {**without_credentials(folder), "AWS_WEB_IDENTITY_TOKEN_FILE": str(token),
+           "AWS_ROLE_ARN": "arn:aws:iam::123456789012:role/planted",
+           "AWS_ENDPOINT_URL_STS": url}
+    system = SYSTEM.replace("[[token]]", f'endpoint_url = "{kms_server.endpoint_url}"\n[[token]]')
+
+    def read_since(mark: float) -> bool:
+        return token.stat().st_atime > mark  # relatime: a read after the last write moves it
+
+    os.utime(token, (1_000_000, token.stat().st_mtime))
+    host(site, module_path, env, system, privileged=False)
+    assert read_since(1_000_000)
+    assert any(method == "POST" and b"AssumeRoleWithWebIdentity" in body
+               and b"planted-web-identity-token" in body for method, _, _, body in seen), seen
+    seen.clear()
+    os.utime(token, (1_000_000, token.stat().st_mtime))
+    ignored = host(site, module_path, env, system, privileged=True)
+    assert not read_since(1_000_000)  # the token file was not even read
+    assert seen == []
+    assert objects(ignored)[0] != "0", ignored
+
+
+def test_restricted_session_reads_no_redirecting_variable(tmp_path, monkeypatch):
+    """kms/privileged.py on a session of its own (this process is not privileged, so the
+    filtered environment is made here as trust.environ() makes it in a privileged one)."""
+    from aiobotocore.session import AioSession
+
+    from pkcs11_kms import trust
+    from pkcs11_kms.kms.privileged import restrict
+
+    token = tmp_path / "token"
+    token.write_text("planted")
+    planted = {"AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://127.0.0.1:9/",
+               "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE": "IPv6",
+               "AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://127.0.0.1:9/credentials",
+               "AWS_CONTAINER_AUTHORIZATION_TOKEN": "planted",
+               "AWS_WEB_IDENTITY_TOKEN_FILE": str(token),
+               "AWS_ROLE_ARN": "arn:aws:iam::123456789012:role/planted",
+               "AWS_ENDPOINT_URL_STS": "http://127.0.0.1:9"}
+    for name, value in planted.items():
+        monkeypatch.setenv(name, value)
+    for name in CREDENTIAL_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    filtered = {k: v for k, v in os.environ.items() if not trust.ignored(k)}
+    assert not set(planted) & set(filtered)
+
+    async def look(session) -> tuple:
+        resolver = session.get_component("credential_provider")
+        try:  # None: the provider found no URL to fetch credentials from
+            tried = await resolver.get_provider("container-role").load() is not None
+        except Exception:  # noqa: BLE001 - it tried the planted URL (nothing listens there)
+            tried = True
+        web = resolver.get_provider("assume-role-with-web-identity")
+        async with session.create_client("sts", region_name=REGION, aws_access_key_id="a",
+                                         aws_secret_access_key="b") as sts:
+            endpoint = sts.meta.endpoint_url
+        return (session.get_config_variable("ec2_metadata_service_endpoint"),
+                session.get_config_variable("ec2_metadata_service_endpoint_mode"),
+                tried, web._get_config("web_identity_token_file"), endpoint)
+
+    plain = asyncio.run(look(AioSession()))
+    assert plain == ("http://127.0.0.1:9/", "IPv6", True, str(token), "http://127.0.0.1:9")
+    restricted = AioSession()
+    restrict(restricted, filtered)
+    assert asyncio.run(look(restricted)) == (None, None, False, None,
+                                             f"https://sts.{REGION}.amazonaws.com")
+    assert os.environ["AWS_CONTAINER_CREDENTIALS_FULL_URI"] == planted[
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI"]  # the process environment is untouched

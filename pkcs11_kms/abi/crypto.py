@@ -14,6 +14,7 @@ from ..core.mechanisms import Kind
 from ..core.params import MechanismArgs, OaepParams, PssParams
 from ..core.session import session
 from ..errors import PKCS11Error
+from ..trust import wipe
 from .cdata import (
     CK_BYTE_PTR,
     CK_MECHANISM_PTR,
@@ -75,8 +76,11 @@ def read_mechanism(pMechanism: CK_MECHANISM_PTR) -> MechanismArgs | None:
 
 def _produce(output: ops.Output, out: CK_BYTE_PTR, out_len: CK_ULONG_PTR) -> None:
     """The two-call convention over a core Output (§5.2)."""
-    if output.data is not None:
-        write_data(out, output.data)
+    if output.data is not None:  # the operation has ended: a secret result is wiped once copied
+        try:
+            write_data(out, output.data)
+        finally:
+            wipe(output.data)
     write_ulong(out_len, output.length)
     if out != NULL and output.data is None:
         raise PKCS11Error(CKR.BUFFER_TOO_SMALL)
@@ -272,7 +276,11 @@ def C_GenerateRandom(
         require(RandomData)
     if ulRandomLen > MAX_RANDOM:
         raise PKCS11Error(CKR.ARGUMENTS_BAD, f"{ulRandomLen} random bytes in one call")
-    write_data(RandomData, random.generate_random(hSession, ulRandomLen))
+    data = random.generate_random(hSession, ulRandomLen)
+    try:
+        write_data(RandomData, data)
+    finally:
+        wipe(data)
 
 
 def C_SeedRandom(

@@ -96,7 +96,7 @@ def read_local(local: CData, length: int) -> bytes:
     return cast(bytes, ffi.unpack(local, length))
 
 
-def write_data(pointer: CData, data: bytes) -> None:
+def write_data(pointer: CData, data: bytes | bytearray) -> None:
     if data:
         copy_out(pointer, ffi.from_buffer(data), len(data))
 

@@ -15,6 +15,7 @@ from typing import NamedTuple, Protocol, TypeVar
 from ..ck import CKF, CKO, CKR
 from ..errors import PKCS11Error
 from ..kms.backend import KmsBackend
+from ..trust import wipe
 from . import mechanisms
 from .access import find_object
 from .kms_errors import calling_kms
@@ -62,16 +63,19 @@ class KeyUse:
 class Operation(Protocol):
     def output_length(self, data_length: int) -> int: ...  # an upper bound, without calling KMS
     def update(self, data: bytes) -> None: ...
-    def finish(self) -> bytes: ...  # sign/encrypt/decrypt: the output; called once
+    def finish(self) -> bytes | bytearray: ...  # the output; called once. A secret: bytearray
     def verify(self, signature: bytes) -> None: ...  # verify: raises CKR_SIGNATURE_*
 
 
 @dataclass
 class Active:
     operation: Operation
-    result: bytes | None = None  # computed, not yet delivered (after CKR_BUFFER_TOO_SMALL)
+    result: bytes | bytearray | None = None  # computed, not yet delivered (CKR_BUFFER_TOO_SMALL)
     multipart: bool = False
     data: bytes | None = None  # what a single-part result was computed from
+
+    def __del__(self) -> None:  # ended undelivered: cancelled, failed, its session closed
+        wipe(self.result)  # docs/security.md, "Secrets in memory"
 
 
 @dataclass(frozen=True)
@@ -80,7 +84,7 @@ class Output:
     the length or gave too small a buffer."""
 
     length: int
-    data: bytes | None
+    data: bytes | bytearray | None  # a bytearray: wiped by the caller once delivered
 
 
 def digest_init(session_handle: int, args: MechanismArgs | None) -> None:
@@ -171,7 +175,8 @@ def _deliver(s: Session, kind: Kind, active: Active, capacity: int | None) -> Ou
     if capacity is None or capacity < len(active.result):
         return Output(len(active.result), None)
     del s.operations[kind]
-    return Output(len(active.result), active.result)
+    result, active.result = active.result, None  # the caller delivers it, then wipes it
+    return Output(len(result), result)
 
 
 def single(kind: Kind, session_handle: int, data: bytes, capacity: int | None) -> Output:
@@ -193,7 +198,7 @@ def single(kind: Kind, session_handle: int, data: bytes, capacity: int | None) -
     return _deliver(s, kind, active, capacity)
 
 
-def _run(operation: Operation, data: bytes) -> bytes:
+def _run(operation: Operation, data: bytes) -> bytes | bytearray:
     operation.update(data)
     return operation.finish()
 

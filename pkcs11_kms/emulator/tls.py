@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
 from pathlib import Path
 
 from cryptography import x509
@@ -29,6 +30,7 @@ def make_test_pki(directory: str | Path, days: int = 7) -> tuple[str, str, str]:
 
     The CA is a fresh P-256 key valid for ``days``; the server certificate names 127.0.0.1, ::1
     and localhost. Trust ca.pem (``verify=``/``AWS_CA_BUNDLE``); serve server.pem/server.key.
+    server.key is created with mode 0600 (write_private).
     """
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
@@ -67,8 +69,20 @@ def make_test_pki(directory: str | Path, days: int = 7) -> tuple[str, str, str]:
     ca_path, cert_path, key_path = out / "ca.pem", out / "server.pem", out / "server.key"
     ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    key_path.chmod(0o600)
+    write_private(key_path, key.private_bytes(serialization.Encoding.PEM,
+                                              serialization.PrivateFormat.PKCS8,
+                                              serialization.NoEncryption()))
     return str(ca_path), str(cert_path), str(key_path)
+
+
+def write_private(path: str | Path, data: bytes) -> None:
+    """`data` in a new file only its owner can read or write (0600 from its creation, whatever
+    the umask: not a chmod after writing). A file or symbolic link already there is replaced,
+    never written through."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    with os.fdopen(os.open(path, flags, 0o600), "wb") as f:
+        f.write(data)

@@ -356,6 +356,9 @@ class AwsKms(KmsBackend):
         named = named_region(c)
         session = _session(c.profile)
         if privileged:  # docs/security.md, "Privileged hosts": not $HOME's nor $AWS_CONFIG_FILE's
+            from .privileged import restrict
+
+            restrict(session)  # nor credentials from where the caller's environment points
             aws = os.path.join(trust.home({}), ".aws")
             session.set_config_variable("config_file", os.path.join(aws, "config"))
             session.set_config_variable("credentials_file", os.path.join(aws, "credentials"))

@@ -59,13 +59,14 @@ class Oaep:
                               else CKR.DATA_LEN_RANGE, f"more than {limit} bytes")
         self._data += data
 
-    def finish(self) -> bytes:
+    def finish(self) -> bytes | bytearray:
         data = bytes(self._data)
         algorithm = self.hash.kms_algorithm(RSAES_OAEP)
         if self.decrypting:
             if len(data) != self.modulus_bytes:
                 raise PKCS11Error(CKR.ENCRYPTED_DATA_LEN_RANGE, f"{len(data)} bytes")
-            return self.use.backend.decrypt(self.use.key_ref, data, algorithm)
+            # the plaintext in a buffer the module wipes (botocore's own bytes it cannot)
+            return bytearray(self.use.backend.decrypt(self.use.key_ref, data, algorithm))
         if len(data) > self.max_plaintext:
             raise PKCS11Error(CKR.DATA_LEN_RANGE, f"at most {self.max_plaintext} bytes")
         if self.use.kms_public_operations:

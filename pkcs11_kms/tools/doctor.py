@@ -1,12 +1,18 @@
-"""`pkcs11-kms doctor`: can the module work here? Config, credentials, region, endpoint, keys."""
+"""`pkcs11-kms doctor`: can the module work here? Installation, config, credentials, region,
+endpoint, keys."""
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import socket
 import ssl
+import stat
 import sys
+import sysconfig
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 from urllib.parse import urlsplit
@@ -78,6 +84,124 @@ class Report:
 
 def _fix_for(code: str, key: str, op: str, default: str = "") -> str:
     return _FIXES.get(code, default or f"KMS answered {code}").format(key=key, op=op)
+
+
+# --- the installation ------------------------------------------------------------------------
+
+_INSTALL_FIX = ("every program that loads the library runs this code: install pkcs11-kms as root "
+                "(README, \"Install\"), so that only root can change it (docs/security.md, "
+                "\"The installation\")")
+_SITE_DIRS = re.compile(rb"PROBLEM = run\(LIBRARY, (\[[^\]\n]*\])\)")
+
+
+def library_site_dirs(library: str) -> list[str]:
+    """The site directories the library imports from: build_ffi.py embeds them in it
+    (python_host_source); this Python's own when they cannot be read from it."""
+    import site
+
+    try:
+        with open(library, "rb") as f:
+            found = _SITE_DIRS.search(f.read())
+        if found:
+            dirs = ast.literal_eval(found.group(1).decode())
+            if isinstance(dirs, list) and all(isinstance(d, str) for d in dirs):
+                return dirs
+    except (OSError, ValueError, SyntaxError):
+        pass
+    return list(site.getsitepackages())
+
+
+def _tree(top: str, skip: set[str]) -> Iterator[str]:
+    """Every entry under `top` but those in `skip` (symbolic links not followed)."""
+    for directory, dirs, files in os.walk(top):
+        dirs[:] = [d for d in dirs if os.path.join(directory, d) not in skip]
+        for name in (*dirs, *files):
+            if os.path.join(directory, name) not in skip:
+                yield os.path.join(directory, name)
+
+
+def _changeable(path: str, walk: bool, skip: set[str]) -> tuple[str | None, int]:
+    """The first reason another user could change `path` (or, `walk`, anything under it but
+    `skip`), and how many entries have one."""
+    from ..trust import Untrusted, check_file, check_stat
+
+    first: str | None = None
+    count = 0
+
+    def found(reason: str) -> None:
+        nonlocal first, count
+        first, count = first or reason, count + 1
+
+    try:
+        check_file(path)  # the directories from / down, links followed, and path itself
+    except Untrusted as e:
+        found(str(e))
+    except OSError:
+        return None, 0  # not there: nothing to change
+    if walk and os.path.isdir(path):
+        for entry in _tree(path, skip):
+            try:
+                st = os.lstat(entry)
+                if stat.S_ISLNK(st.st_mode):
+                    check_file(entry)  # where it leads
+                else:
+                    check_stat(st, entry)
+            except Untrusted as e:
+                found(str(e))
+            except OSError:
+                pass  # gone meanwhile, or a dangling link
+    return first, count
+
+
+def installation_parts(library: str) -> list[tuple[str, str, bool]]:
+    """(what, path, walk its tree) of what the library runs: itself, its package, and the
+    Python environment it starts (interpreter, libpython, standard library, site directories;
+    a virtual environment whole)."""
+    package = os.path.dirname(library)
+    python = [sys.executable, sysconfig.get_paths()["stdlib"]]
+    libpython = sysconfig.get_config_var("LDLIBRARY")
+    if libpython:
+        python.append(os.path.join(sysconfig.get_config_var("LIBDIR") or "", libpython))
+    trees = library_site_dirs(library)
+    if sys.prefix != sys.base_prefix:
+        trees.insert(0, sys.prefix)  # the venv: pyvenv.cfg, bin/, its site-packages
+    parts = [("library", library, False), ("package", package, True)]
+    parts += [("Python environment", p, False) for p in python[:1]]
+    parts += [("Python environment", p, True) for p in python[1:] + trees]
+    seen: list[str] = []
+    kept = []
+    for what, path, walk in parts:
+        inside = any(path == s or path.startswith(s.rstrip("/") + "/") for s in seen)
+        if walk and inside:
+            continue
+        if walk:
+            seen.append(path)
+        kept.append((what, path, walk))
+    return kept
+
+
+def check_installation(report: Report, library: str | None = None) -> bool:
+    """Can a user other than root (or the one running doctor) change what the library runs?"""
+    from .. import module_path
+    from ..trust import _who
+
+    library = library or str(module_path())
+    problems: dict[str, tuple[str, int]] = {}
+    checked: set[str] = set()  # each entry counts once, in the first part it belongs to
+    for what, path, walk in installation_parts(library):
+        reason, count = _changeable(path, walk, checked)
+        checked.add(path)
+        if reason is None:
+            continue
+        first, total = problems.get(what, (reason, 0))
+        problems[what] = (first, total + count)
+    for what, (reason, count) in problems.items():
+        more = f" (and {count - 1} more)" if count > 1 else ""
+        report.bad(f"installation: {what}: {reason}{more}", _INSTALL_FIX)
+    if not problems:
+        report.ok(f"installation: {library}, its package and its Python environment "
+                  f"({sys.prefix}) can be changed only by {_who()}")
+    return not problems
 
 
 # --- config ---------------------------------------------------------------------------------------
@@ -325,6 +449,7 @@ def run(config_path: str | None, timeout: float | None, out: TextIO | None = Non
 
     quiet_module_logs()
     report = Report(out or sys.stdout)
+    check_installation(report)
     config = check_config(config_path, report)
     if config is None:
         return _summary(report, 0)

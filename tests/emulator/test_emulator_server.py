@@ -1,13 +1,17 @@
-"""The command line, loopback-only binding, clean shutdown, and HTTPS with a test CA."""
+"""The command line, loopback-only binding, clean shutdown, and HTTPS with a test CA (its
+private key created 0600)."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
 import ssl
+import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from botocore.exceptions import SSLError
@@ -27,6 +31,21 @@ def _launch(*args: str) -> subprocess.Popen:
                             env=EmulatorProcess.environment())
 
 
+def listening(port: int) -> set[str]:
+    """The local addresses of the TCP sockets listening on `port` (/proc/net/tcp, tcp6)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, _, hex_port = local.partition(":")
+            if state == "0A" and int(hex_port, 16) == port:  # TCP_LISTEN
+                raw = bytes.fromhex(address)
+                words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+                found.add(socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6,
+                                           words))
+    return found
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -42,6 +61,7 @@ def test_first_line_and_clean_exit(signum):
         assert match and match.group(1) == "http" and int(match.group(2)) == port
         with socket.create_connection(("127.0.0.1", port), timeout=5):
             pass
+        assert listening(port) == {"127.0.0.1"}  # nothing another machine could reach
         proc.send_signal(signum)
         assert proc.wait(timeout=10) == 0
         assert proc.stdout.read() == ""  # nothing but the endpoint on stdout
@@ -70,6 +90,31 @@ def test_loopback_names():
     assert loopback_host("::1") == "::1"
     with pytest.raises(ValueError):
         loopback_host("192.168.1.1")
+
+
+def test_test_pki_private_key_is_created_0600(tmp_path):
+    """Under umask 0: the mode comes from the key file's creation. A symbolic link planted
+    where the key goes is replaced, not written through, and an old key file with a wider mode
+    is replaced by a 0600 one."""
+    victim = tmp_path / "victim"
+    victim.write_text("not a key")
+    victim.chmod(0o644)
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    (pki / "server.key").symlink_to(victim)
+    previous = os.umask(0)
+    try:
+        ca, _, key = make_test_pki(pki)
+        st = os.lstat(key)
+        assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(ca).st_mode) == 0o666  # the certificates are public
+        assert victim.read_text() == "not a key" and stat.S_IMODE(victim.stat().st_mode) == 0o644
+        Path(key).chmod(0o644)
+        _, _, key = make_test_pki(pki)
+        assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
+    finally:
+        os.umask(previous)
+    assert b"PRIVATE KEY" in Path(key).read_bytes()
 
 
 @pytest.fixture(scope="module")
