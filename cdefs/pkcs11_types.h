@@ -122,6 +122,28 @@ typedef struct CK_RSA_PKCS_OAEP_PARAMS {
     CK_ULONG ulSourceDataLen;
 } CK_RSA_PKCS_OAEP_PARAMS;
 
+typedef struct CK_EDDSA_PARAMS {  /* 3.0 */
+    CK_BBOOL phFlag;
+    CK_ULONG ulContextDataLen;
+    CK_BYTE_PTR pContextData;
+} CK_EDDSA_PARAMS;
+
+typedef struct CK_SIGN_ADDITIONAL_CONTEXT {  /* 3.2: ML-DSA */
+    CK_ULONG hedgeVariant;  /* CK_HEDGE_TYPE */
+    CK_BYTE_PTR pContext;
+    CK_ULONG ulContextLen;
+} CK_SIGN_ADDITIONAL_CONTEXT;
+
+typedef struct CK_ECDH1_DERIVE_PARAMS {
+    CK_ULONG kdf;  /* CK_EC_KDF_TYPE */
+    CK_ULONG ulSharedDataLen;
+    CK_BYTE_PTR pSharedData;
+    CK_ULONG ulPublicDataLen;
+    CK_BYTE_PTR pPublicData;
+} CK_ECDH1_DERIVE_PARAMS;
+
+typedef CK_ULONG CK_MAC_GENERAL_PARAMS;
+
 typedef CK_RV (*CK_NOTIFY)(CK_SESSION_HANDLE hSession, CK_NOTIFICATION event, CK_VOID_PTR pApplication);
 typedef CK_RV (*CK_CREATEMUTEX)(CK_VOID_PTR_PTR ppMutex);
 typedef CK_RV (*CK_DESTROYMUTEX)(CK_VOID_PTR pMutex);

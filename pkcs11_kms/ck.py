@@ -1,4 +1,5 @@
-"""PKCS#11 constants (v2.40, plus the v3.0 values we use) as IntEnums named without their prefix."""
+"""PKCS#11 constants (v2.40, plus the v3.0 and v3.2 values we use) as IntEnums named without their
+prefix."""
 
 from enum import IntEnum
 
@@ -215,6 +216,7 @@ class CKA(IntEnum):
     UNWRAP_TEMPLATE = 0x40000212
     DERIVE_TEMPLATE = 0x40000213
     ALLOWED_MECHANISMS = 0x40000600
+    PARAMETER_SET = 0x61d  # 3.2: ML-DSA's CKP_*
 
 
 class CKO(IntEnum):
@@ -278,6 +280,7 @@ class CKK(IntEnum):
     GOSTR3411 = 0x31
     GOST28147 = 0x32
     EC_EDWARDS = 0x40
+    ML_DSA = 0x4a  # 3.2
 
 
 class CKM(IntEnum):
@@ -305,6 +308,8 @@ class CKM(IntEnum):
     DSA_SHA256 = 0x14
     DSA_SHA384 = 0x15
     DSA_SHA512 = 0x16
+    ML_DSA_KEY_PAIR_GEN = 0x1c  # 3.2
+    ML_DSA = 0x1d  # 3.2
     DH_PKCS_KEY_PAIR_GEN = 0x20
     DH_PKCS_DERIVE = 0x21
     X9_42_DH_KEY_PAIR_GEN = 0x30
@@ -643,6 +648,14 @@ class CKS(IntEnum):
     RW_PUBLIC_SESSION = 0x2
     RW_USER_FUNCTIONS = 0x3
     RW_SO_FUNCTIONS = 0x4
+
+
+class CKP(IntEnum):
+    """ML-DSA parameter sets (3.2, CKA_PARAMETER_SET)."""
+
+    ML_DSA_44 = 0x1
+    ML_DSA_65 = 0x2
+    ML_DSA_87 = 0x3
 
 
 class CKD(IntEnum):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from _kms_pkcs11 import ffi
 
@@ -11,7 +11,16 @@ from ..ck import CKM, CKR
 from ..core import operations as ops
 from ..core import random
 from ..core.mechanisms import Kind
-from ..core.params import MechanismArgs, OaepParams, PssParams
+from ..core.params import (
+    Ecdh1Params,
+    EddsaParams,
+    MacLength,
+    MechanismArgs,
+    OaepParams,
+    Params,
+    PssParams,
+    SignContext,
+)
 from ..core.session import session
 from ..errors import PKCS11Error
 from ..trust import wipe
@@ -50,10 +59,42 @@ def _oaep(p: Struct) -> OaepParams:
                                  CKR.MECHANISM_PARAM_INVALID))
 
 
-# mechanism -> (the C structure of its parameter, its reader)
-PARAMETERS: dict[int, tuple[str, Callable[[Struct], PssParams | OaepParams]]] = {
-    **{m: ("CK_RSA_PKCS_PSS_PARAMS", _pss) for m in PSS},
-    CKM.RSA_PKCS_OAEP: ("CK_RSA_PKCS_OAEP_PARAMS", _oaep),
+def _bytes(pointer: CK_BYTE_PTR, length: int) -> bytes:
+    return read_bytes(pointer, length, MAX_PARAMETER, CKR.MECHANISM_PARAM_INVALID)
+
+
+def _eddsa(p: Struct) -> EddsaParams:
+    return EddsaParams(bool(p.phFlag), _bytes(p.pContextData, int(p.ulContextDataLen)))
+
+
+def _sign_context(p: Struct) -> SignContext:
+    return SignContext(int(p.hedgeVariant), _bytes(p.pContext, int(p.ulContextLen)))
+
+
+def _ecdh1(p: Struct) -> Ecdh1Params:
+    return Ecdh1Params(int(p.kdf), _bytes(p.pSharedData, int(p.ulSharedDataLen)),
+                       _bytes(p.pPublicData, int(p.ulPublicDataLen)))
+
+
+def _mac_length(p: Struct) -> MacLength:
+    return MacLength(int(p[0]))
+
+
+class Parameter(NamedTuple):
+    struct: str  # the C structure
+    read: Callable[[Struct], Params]
+    optional: bool = False  # NULL allowed: the mechanism's default (pure EdDSA, ML-DSA)
+
+
+HMAC_GENERAL = (CKM.SHA224_HMAC_GENERAL, CKM.SHA256_HMAC_GENERAL, CKM.SHA384_HMAC_GENERAL,
+                CKM.SHA512_HMAC_GENERAL)
+PARAMETERS: dict[int, Parameter] = {
+    **{m: Parameter("CK_RSA_PKCS_PSS_PARAMS", _pss) for m in PSS},
+    CKM.RSA_PKCS_OAEP: Parameter("CK_RSA_PKCS_OAEP_PARAMS", _oaep),
+    CKM.EDDSA: Parameter("CK_EDDSA_PARAMS", _eddsa, optional=True),
+    CKM.ML_DSA: Parameter("CK_SIGN_ADDITIONAL_CONTEXT", _sign_context, optional=True),
+    CKM.ECDH1_DERIVE: Parameter("CK_ECDH1_DERIVE_PARAMS", _ecdh1),
+    **{m: Parameter("CK_MAC_GENERAL_PARAMS", _mac_length) for m in HMAC_GENERAL},
 }
 
 
@@ -68,10 +109,11 @@ def read_mechanism(pMechanism: CK_MECHANISM_PTR) -> MechanismArgs | None:
             return MechanismArgs(mechanism, None)
         return MechanismArgs(mechanism, read_bytes(p, length, MAX_PARAMETER,
                                                    CKR.MECHANISM_PARAM_INVALID))
-    struct, reader = known
-    if p == NULL or length != ffi.sizeof(struct):
-        raise PKCS11Error(CKR.MECHANISM_PARAM_INVALID, f"{struct} expected")
-    return MechanismArgs(mechanism, reader(read_struct(p, struct)))
+    if p == NULL and length == 0 and known.optional:
+        return MechanismArgs(mechanism, None)
+    if p == NULL or length != ffi.sizeof(known.struct):
+        raise PKCS11Error(CKR.MECHANISM_PARAM_INVALID, f"{known.struct} expected")
+    return MechanismArgs(mechanism, known.read(read_struct(p, known.struct)))
 
 
 def _produce(output: ops.Output, out: CK_BYTE_PTR, out_len: CK_ULONG_PTR) -> None:

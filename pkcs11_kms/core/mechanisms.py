@@ -88,8 +88,9 @@ def offered(keys: Iterable[tuple[KeySpec, str]]) -> dict[int, tuple[int, int, in
         for spec, usage in keys:
             if not applies(m, spec, usage):
                 continue
-            lo, hi, flags = out.get(int(m.mechanism), (spec.bits, spec.bits, 0))
-            out[int(m.mechanism)] = (min(lo, spec.bits), max(hi, spec.bits), flags | m.flags | CKF.HW)
+            size = spec.mechanism_size
+            lo, hi, flags = out.get(int(m.mechanism), (size, size, 0))
+            out[int(m.mechanism)] = (min(lo, size), max(hi, size), flags | m.flags | CKF.HW)
         if m.key_type is None:  # computed here, in software: no CKF_HW
             out[int(m.mechanism)] = (0, 0, m.flags)
     return out

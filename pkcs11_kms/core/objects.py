@@ -10,16 +10,20 @@ from dataclasses import dataclass, field
 from asn1crypto import core, keys, x509
 
 from ..ck import CK_UNAVAILABLE_INFORMATION, CKA, CKC, CKK, CKO
+from ..kms import specs as kms_specs
 from . import mechanisms
 from .attributes import pack, unpack_ulong
-from .keyspecs import KEY_SPECS, KEY_USAGES, KeySpec
+from .keyspecs import KEY_SPECS, KEY_USAGES, ML_DSA_PARAMETER_SETS, KeySpec
 
-# Attributes a private key has but never reveals (CKR_ATTRIBUTE_SENSITIVE).
+# Attributes a key has but never reveals (CKR_ATTRIBUTE_SENSITIVE).
 SECRET_ATTRIBUTES = {
     CKK.RSA: frozenset(
         {CKA.PRIVATE_EXPONENT, CKA.PRIME_1, CKA.PRIME_2, CKA.EXPONENT_1, CKA.EXPONENT_2, CKA.COEFFICIENT}
     ),
     CKK.EC: frozenset({CKA.VALUE}),
+    CKK.EC_EDWARDS: frozenset({CKA.VALUE}),
+    CKK.ML_DSA: frozenset({CKA.VALUE}),
+    CKK.GENERIC_SECRET: frozenset({CKA.VALUE}),
 }
 
 _handles: dict[tuple, int] = {}
@@ -82,24 +86,45 @@ def key_id_bytes(key_id: str) -> bytes:
     return bytes.fromhex(key_id.removeprefix("mrk-").replace("-", ""))
 
 
+class _Spki(core.Sequence):
+    """SubjectPublicKeyInfo of any algorithm (asn1crypto's own class knows no ML-DSA)."""
+
+    _fields = [("algorithm", core.Any), ("public_key", core.OctetBitString)]
+
+
+def spki_public_key(spki: bytes) -> bytes:
+    """The public key a SubjectPublicKeyInfo holds: an EC point, an Ed25519 or ML-DSA key, an
+    RSAPublicKey's DER."""
+    return bytes(_Spki.load(spki)["public_key"])
+
+
 def _int_bytes(value: int) -> bytes:
     return value.to_bytes((value.bit_length() + 7) // 8 or 1, "big")
 
 
+# CKA_EC_PARAMS of an Ed25519 key: the curve's name as a PrintableString (PKCS#11 3.0 §2.3.13).
+EDWARDS25519_PARAMS = core.PrintableString("edwards25519").dump()
+
+
 def public_parts(spec: KeySpec, spki: bytes) -> dict[int, object]:
-    info = keys.PublicKeyInfo.load(spki)
-    if spec.key_type == CKK.RSA:
-        rsa = info["public_key"].parsed
+    """The public key's own attributes, as the key type defines them."""
+    if spec.family == kms_specs.HMAC:
+        return {CKA.VALUE_LEN: spec.bits // 8}
+    if spec.family == kms_specs.RSA:
+        rsa = keys.PublicKeyInfo.load(spki)["public_key"].parsed
         return {
             CKA.MODULUS: _int_bytes(rsa["modulus"].native),
             CKA.PUBLIC_EXPONENT: _int_bytes(rsa["public_exponent"].native),
             CKA.MODULUS_BITS: spec.bits,
         }
-    params = keys.ECDomainParameters(name="named", value=spec.curve)
-    return {
-        CKA.EC_PARAMS: params.dump(),
-        CKA.EC_POINT: core.OctetString(bytes(info["public_key"])).dump(),
-    }
+    point = spki_public_key(spki)
+    if spec.family == kms_specs.ML_DSA:
+        return {CKA.PARAMETER_SET: ML_DSA_PARAMETER_SETS[spec.bits], CKA.VALUE: point}
+    if spec.family == kms_specs.ED25519:
+        params = EDWARDS25519_PARAMS
+    else:
+        params = keys.ECDomainParameters(name="named", value=spec.curve).dump()
+    return {CKA.EC_PARAMS: params, CKA.EC_POINT: core.OctetString(point).dump()}
 
 
 def _common(cls: CKO, label: str, ckid: bytes) -> dict[int, object]:
@@ -115,54 +140,53 @@ def _common(cls: CKO, label: str, ckid: bytes) -> dict[int, object]:
     }
 
 
+# The capabilities each class of key object states, all false unless the key's usage grants them.
+_CAPABILITIES = {
+    CKO.PRIVATE_KEY: (CKA.DECRYPT, CKA.SIGN, CKA.SIGN_RECOVER, CKA.UNWRAP, CKA.DERIVE),
+    CKO.PUBLIC_KEY: (CKA.ENCRYPT, CKA.VERIFY, CKA.VERIFY_RECOVER, CKA.WRAP, CKA.DERIVE),
+    CKO.SECRET_KEY: (CKA.ENCRYPT, CKA.DECRYPT, CKA.SIGN, CKA.VERIFY, CKA.WRAP, CKA.UNWRAP,
+                     CKA.DERIVE),
+}
+_NEVER_REVEALED: dict[int, object] = {  # private and secret keys: their material stays in KMS
+    CKA.SENSITIVE: True,
+    CKA.ALWAYS_SENSITIVE: True,
+    CKA.EXTRACTABLE: False,
+    CKA.NEVER_EXTRACTABLE: True,
+    CKA.WRAP_WITH_TRUSTED: False,
+}
+_BY_CLASS: dict[CKO, dict[int, object]] = {
+    CKO.PRIVATE_KEY: {**_NEVER_REVEALED, CKA.ALWAYS_AUTHENTICATE: False},
+    CKO.PUBLIC_KEY: {CKA.TRUSTED: False},
+    CKO.SECRET_KEY: {**_NEVER_REVEALED, CKA.TRUSTED: False},
+}
+
+
 def key_objects(identity: tuple, key: KmsKey, subject: bytes = b"") -> list[TokenObject]:
-    """The private and public key objects of one KMS key (docs/design.md, "Objects")."""
-    private_use, public_use = KEY_USAGES[key.usage]
-    allowed = mechanisms.allowed_for(key.spec, key.usage)
+    """The key objects of one KMS key (docs/design.md, "Objects"): a private and a public key, or
+    one secret key (HMAC)."""
     shared: dict[int, object] = {
         CKA.KEY_TYPE: key.spec.key_type,
         CKA.START_DATE: None,
         CKA.END_DATE: None,
-        CKA.DERIVE: False,
         CKA.LOCAL: True,
         CKA.KEY_GEN_MECHANISM: CK_UNAVAILABLE_INFORMATION,
-        CKA.ALLOWED_MECHANISMS: allowed,
-        CKA.SUBJECT: subject,
-        CKA.PUBLIC_KEY_INFO: key.spki,
+        CKA.ALLOWED_MECHANISMS: mechanisms.allowed_for(key.spec, key.usage),
         **public_parts(key.spec, key.spki),
     }
-    private: dict[int, object] = {
-        **_common(CKO.PRIVATE_KEY, key.label, key.ckid),
-        **shared,
-        CKA.SENSITIVE: True,
-        CKA.ALWAYS_SENSITIVE: True,
-        CKA.EXTRACTABLE: False,
-        CKA.NEVER_EXTRACTABLE: True,
-        CKA.DECRYPT: private_use == CKA.DECRYPT,
-        CKA.SIGN: private_use == CKA.SIGN,
-        CKA.SIGN_RECOVER: False,
-        CKA.UNWRAP: False,
-        CKA.WRAP_WITH_TRUSTED: False,
-        CKA.ALWAYS_AUTHENTICATE: False,
-    }
-    public: dict[int, object] = {
-        **_common(CKO.PUBLIC_KEY, key.label, key.ckid),
-        **shared,
-        CKA.ENCRYPT: public_use == CKA.ENCRYPT,
-        CKA.VERIFY: public_use == CKA.VERIFY,
-        CKA.VERIFY_RECOVER: False,
-        CKA.WRAP: False,
-        CKA.TRUSTED: False,
-    }
-    return [
-        TokenObject(
-            handle_for(identity + (key.key_id, CKO.PRIVATE_KEY)),
-            _packed(private),
-            SECRET_ATTRIBUTES[key.spec.key_type],
-            key,
-        ),
-        TokenObject(handle_for(identity + (key.key_id, CKO.PUBLIC_KEY)), _packed(public), key=key),
-    ]
+    if key.spki:
+        shared |= {CKA.SUBJECT: subject, CKA.PUBLIC_KEY_INFO: key.spki}
+    objects = []
+    for cls, granted in KEY_USAGES[key.usage].objects.items():
+        attrs: dict[int, object] = {
+            **_common(cls, key.label, key.ckid),
+            **shared,
+            **{int(c): c in granted for c in _CAPABILITIES[cls]},
+            **_BY_CLASS[cls],
+        }
+        secret = SECRET_ATTRIBUTES[key.spec.key_type] if cls != CKO.PUBLIC_KEY else frozenset()
+        handle = handle_for(identity + (key.key_id, cls))
+        objects.append(TokenObject(handle, _packed(attrs), secret, key))
+    return objects
 
 
 def certificate_object(

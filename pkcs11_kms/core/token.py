@@ -9,16 +9,23 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from asn1crypto import keys as asn1keys
 from asn1crypto import pem, x509
 
 from ..config import KeyRef, TokenConfig
 from ..errors import PKCS11Error
 from ..kms import KmsError
 from ..kms.backend import KeyMetadata, KmsBackend, PublicKey
-from .keyspecs import KEY_USAGES
+from .keyspecs import supported
 from .kms_errors import failure
-from .objects import KmsKey, TokenObject, certificate_object, key_id_bytes, key_objects, spec_of
+from .objects import (
+    KmsKey,
+    TokenObject,
+    certificate_object,
+    key_id_bytes,
+    key_objects,
+    spec_of,
+    spki_public_key,
+)
 
 log = logging.getLogger("pkcs11_kms.token")
 
@@ -37,11 +44,6 @@ def is_alias(name: str) -> bool:
 def fit_label(text: str, size: int = 32) -> str:
     """Cut to at most `size` UTF-8 bytes without splitting a character."""
     return text.encode("utf-8")[:size].decode("utf-8", "ignore")
-
-
-def supported(key_spec: str, key_usage: str) -> bool:
-    """Keys the token can expose: a key spec and usage of keyspecs.py."""
-    return spec_of(key_spec) is not None and key_usage in KEY_USAGES
 
 
 def usable(key_spec: str, key_usage: str, where: str) -> bool:
@@ -182,11 +184,6 @@ def read_certificates(paths: tuple[str, ...]) -> list[Certificate]:
     return out
 
 
-def _spki_key(der: bytes) -> bytes:
-    """A comparable form of a public key, whatever the encoder's choices."""
-    return asn1keys.PublicKeyInfo.load(der)["public_key"].dump()
-
-
 class Token:
     """One slot's token. Objects load on first need (a failure is retried on the next call) and
     are read again when older than refresh_interval (docs/design.md, "Key changes")."""
@@ -282,11 +279,11 @@ class Token:
         return objects
 
     def _build(self, keys: list[KmsKey]) -> list[TokenObject]:
-        by_key = {_spki_key(k.spki): k for k in keys}
+        by_key = {spki_public_key(k.spki): k for k in keys if k.spki}  # not HMAC keys
         subjects: dict[str, bytes] = {}
         cert_objects: list[TokenObject] = []
         for c in read_certificates(self.config.certificates):
-            key = by_key.get(_spki_key(c.cert.public_key.dump()))
+            key = by_key.get(spki_public_key(c.cert.public_key.dump()))
             if key is not None:
                 subjects.setdefault(key.key_id, c.cert.subject.dump())
                 label, ckid, category = key.label, key.ckid, CERT_CATEGORY_USER

@@ -90,37 +90,33 @@ class KeySpec:
 
 
 def _served(spec: kms_specs.KeySpec) -> KeySpec:
-    """An RSA or ECC key spec of the module's table, as the emulator serves it."""
+    """An asymmetric key spec of the module's table, as the emulator serves it."""
+    usages = spec.usages
     if spec.family == kms_specs.RSA:
         # KMS's Encrypt limits are RFC 8017's: the modulus less two hashes and two bytes.
         limits = {a: spec.bits // 8 - 2 * ENCRYPTION_ALGORITHMS[a]().digest_size - 2
                   for a in spec.encryption_algorithms}
-        return KeySpec(spec.family, spec.bits, ("ENCRYPT_DECRYPT", "SIGN_VERIFY"),
-                       spec.signing_algorithms, spec.encryption_algorithms, oaep_limits=limits)
-    assert spec.curve is not None
-    curve = getattr(ec, spec.curve.upper())  # secp256r1 -> ec.SECP256R1
-    if not spec.name.startswith("ECC_NIST_"):  # KMS agrees keys (ECDH) on NIST curves only
-        return KeySpec(spec.family, curve, ("SIGN_VERIFY",), spec.signing_algorithms)
-    return KeySpec(spec.family, curve, ("SIGN_VERIFY", "KEY_AGREEMENT"), spec.signing_algorithms,
-                   key_agreement=("ECDH",))
+        return KeySpec(spec.family, spec.bits, usages, spec.signing_algorithms,
+                       spec.encryption_algorithms, oaep_limits=limits)
+    if spec.family == kms_specs.EC:
+        assert spec.curve is not None
+        curve = getattr(ec, spec.curve.upper())  # secp256r1 -> ec.SECP256R1
+        return KeySpec(spec.family, curve, usages, spec.signing_algorithms,
+                       key_agreement=spec.key_agreement_algorithms)
+    params = spec.bits if spec.family == kms_specs.ML_DSA else None
+    return KeySpec(spec.family, params, usages, spec.signing_algorithms)
 
 
 KEY_SPECS: dict[str, KeySpec] = {
-    **{name: _served(spec) for name, spec in kms_specs.KEY_SPECS.items()},
-    "ECC_NIST_EDWARDS25519": KeySpec("ED25519", None, ("SIGN_VERIFY",),
-                                     ("ED25519_SHA_512", "ED25519_PH_SHA_512")),
-    "ML_DSA_44": KeySpec("ML_DSA", 44, ("SIGN_VERIFY",), ("ML_DSA_SHAKE_256",)),
-    "ML_DSA_65": KeySpec("ML_DSA", 65, ("SIGN_VERIFY",), ("ML_DSA_SHAKE_256",)),
-    "ML_DSA_87": KeySpec("ML_DSA", 87, ("SIGN_VERIFY",), ("ML_DSA_SHAKE_256",)),
+    name: _served(spec) for name, spec in kms_specs.KEY_SPECS.items()
+    if spec.family != kms_specs.HMAC  # served by moto's own key material, below
 }
 
 # Key specs without a key pair, served by moto's own key material, and their one usage.
 SYMMETRIC_SPECS: dict[str, str] = {
     "SYMMETRIC_DEFAULT": "ENCRYPT_DECRYPT",
-    "HMAC_224": "GENERATE_VERIFY_MAC",
-    "HMAC_256": "GENERATE_VERIFY_MAC",
-    "HMAC_384": "GENERATE_VERIFY_MAC",
-    "HMAC_512": "GENERATE_VERIFY_MAC",
+    **{name: spec.usages[0] for name, spec in kms_specs.KEY_SPECS.items()
+       if spec.family == kms_specs.HMAC},
 }
 
 UNSUPPORTED_KEY_SPECS = ("SM2",)  # China Regions only

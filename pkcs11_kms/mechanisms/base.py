@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
@@ -21,6 +21,11 @@ def _public_key(spki: bytes) -> PublicKeyTypes:
     return load_der_public_key(spki)
 
 
+def public_key(use: KeyUse) -> PublicKeyTypes:
+    """The key's public half as cryptography loads it; UnsupportedAlgorithm when it cannot."""
+    return _public_key(use.key.spki)
+
+
 def rsa_public_key(use: KeyUse) -> rsa.RSAPublicKey:
     """The key's public half, for local public-key math."""
     key = _public_key(use.key.spki)
@@ -33,6 +38,13 @@ def ec_public_key(use: KeyUse) -> ec.EllipticCurvePublicKey:
     key = _public_key(use.key.spki)
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise PKCS11Error(CKR.KEY_TYPE_INCONSISTENT, "not an EC key")
+    return key
+
+
+def ed25519_public_key(use: KeyUse) -> ed25519.Ed25519PublicKey:
+    key = _public_key(use.key.spki)
+    if not isinstance(key, ed25519.Ed25519PublicKey):
+        raise PKCS11Error(CKR.KEY_TYPE_INCONSISTENT, "not an Ed25519 key")
     return key
 
 
@@ -62,6 +74,17 @@ class Signature:
         """The input -> (the digest KMS signs with MessageType DIGEST, KMS's algorithm)."""
         raise NotImplementedError
 
+    def kms_input(self, value: bytes) -> tuple[bytes, str, str]:
+        """The input -> (KMS's Message, its MessageType, KMS's algorithm): a digest by default."""
+        digest, algorithm = self.to_kms(value)
+        return digest, "DIGEST", algorithm
+
+    @property
+    def max_input(self) -> int:
+        """The most a mechanism that does not hash here collects: a digest or DigestInfo is never
+        longer than the signature, so more cannot be valid."""
+        return self.use.key.spec.signature_bytes
+
     def from_kms(self, signature: bytes) -> bytes:
         """KMS's signature -> PKCS#11's encoding."""
         return signature
@@ -81,9 +104,8 @@ class Signature:
         if self._hasher is not None:
             self._hasher.update(data)
             return
-        # A digest or DigestInfo is never longer than the signature: more cannot be valid, and
-        # collecting it without bound would let *Update grow memory at will.
-        if len(self._data) + len(data) > self.use.key.spec.signature_bytes:
+        # Collecting without bound would let *Update grow memory at will.
+        if len(self._data) + len(data) > self.max_input:
             raise PKCS11Error(CKR.DATA_LEN_RANGE, "longer than any input this mechanism signs")
         self._data += data
 
@@ -91,21 +113,25 @@ class Signature:
         return self._hasher.digest() if self._hasher is not None else bytes(self._data)
 
     def finish(self) -> bytes:
-        digest, algorithm = self.to_kms(self._value())
-        return self.from_kms(self.use.backend.sign(self.use.key_ref, digest, "DIGEST", algorithm))
+        message, message_type, algorithm = self.kms_input(self._value())
+        return self.from_kms(self.use.backend.sign(self.use.key_ref, message, message_type,
+                                                   algorithm))
 
     def verify(self, signature: bytes) -> None:
         if len(signature) != self.use.key.spec.signature_bytes:
             raise PKCS11Error(CKR.SIGNATURE_LEN_RANGE, f"{len(signature)} bytes")
         value = self._value()
         if self.use.kms_public_operations:
-            digest, algorithm = self.to_kms(value)
-            if not self.use.backend.verify(
-                self.use.key_ref, digest, "DIGEST", self.to_kms_signature(signature), algorithm
-            ):
-                raise PKCS11Error(CKR.SIGNATURE_INVALID)
+            self.verify_in_kms(value, signature)
             return
         try:
             self.verify_locally(value, signature)
         except (InvalidSignature, ValueError):
             raise PKCS11Error(CKR.SIGNATURE_INVALID) from None
+
+    def verify_in_kms(self, value: bytes, signature: bytes) -> None:
+        message, message_type, algorithm = self.kms_input(value)
+        if not self.use.backend.verify(
+            self.use.key_ref, message, message_type, self.to_kms_signature(signature), algorithm
+        ):
+            raise PKCS11Error(CKR.SIGNATURE_INVALID)

@@ -1,0 +1,252 @@
+"""Ed25519 and ML-DSA keys (issue #13) through python-pkcs11 and a raw cffi client: their objects'
+attributes as PKCS#11 3.0/3.2 define them, and signatures checked by cryptography (Ed25519ph, which
+cryptography lacks, by the emulator's RFC 8032 code, which shares nothing with the module)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pkcs11
+import pytest
+from asn1crypto import core
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from keyseed import seed_key, write_config
+from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+
+import p11raw
+from pkcs11_kms.ck import CKA, CKK, CKM, CKR
+from pkcs11_kms.emulator import ed25519ph
+
+ML_DSA = ("ML_DSA_44", "ML_DSA_65", "ML_DSA_87")
+SIZES = {"ML_DSA_44": (1, 1312, 2420), "ML_DSA_65": (2, 1952, 3309), "ML_DSA_87": (3, 2592, 4627)}
+
+
+@pytest.fixture(scope="module")
+def new_keys(kms_server):
+    client = kms_server.client()
+    specs = {"ed25519": "ECC_NIST_EDWARDS25519", **{s.lower(): s for s in ML_DSA}}
+    return {name: seed_key(client, None, spec, "SIGN_VERIFY") for name, spec in specs.items()}
+
+
+@pytest.fixture(scope="module")
+def lib(module_path, tmp_path_factory, kms_server, new_keys):
+    entries = ", ".join(f'{{ key = "{k.arn}", label = "{n}" }}' for n, k in new_keys.items())
+    config = write_config(tmp_path_factory.mktemp("types") / "config.toml", kms_server,
+                          f'[[token]]\nlabel = "types"\nkeys = [{entries}]\n')
+    os.environ["PKCS11_KMS_CONFIG"] = config
+    library = pkcs11.lib(module_path)
+    library.reinitialize()
+    yield library
+    os.environ.pop("PKCS11_KMS_CONFIG", None)
+
+
+@pytest.fixture
+def session(lib):
+    with lib.get_token(token_label="types").open() as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def raw(lib, module_path):
+    return p11raw.load(module_path)
+
+
+def _private(session, label):
+    return session.get_key(ObjectClass.PRIVATE_KEY, label=label)
+
+
+def _raw_sign(raw, handle: int, mechanism: int, params, data: bytes) -> tuple[int, bytes]:
+    """C_SignInit with a parameter structure (or None), then C_Sign: (CK_RV, signature)."""
+    ffi, lib = raw
+    session = ffi.new("CK_SESSION_HANDLE *")
+    assert lib.C_OpenSession(0, 4, ffi.NULL, ffi.NULL, session) == 0
+    try:
+        m = ffi.new("CK_MECHANISM *")
+        m.mechanism = mechanism
+        if params is not None:
+            m.pParameter, m.ulParameterLen = params, ffi.sizeof(params[0])
+        rv = lib.C_SignInit(session[0], m, handle)
+        if rv:
+            return rv, b""
+        out = ffi.new("char[]", 8192)
+        n = ffi.new("CK_ULONG *", 8192)
+        rv = lib.C_Sign(session[0], data, len(data), out, n)
+        return rv, ffi.buffer(out, n[0])[:] if rv == 0 else b""
+    finally:
+        lib.C_CloseSession(session[0])
+
+
+def _allowed(raw, handle: int) -> list[int]:
+    value = p11raw.read_attribute(*raw, handle, CKA.ALLOWED_MECHANISMS)
+    return [int.from_bytes(value[i:i + 8], "little") for i in range(0, len(value), 8)]
+
+
+def _eddsa_params(raw, prehash: bool, context: bytes = b""):
+    ffi, _ = raw
+    p = ffi.new("CK_EDDSA_PARAMS *")
+    p.phFlag = prehash
+    keep = ffi.new("char[]", context or b"\0")
+    p.pContextData, p.ulContextDataLen = (keep if context else ffi.NULL), len(context)
+    return p, keep
+
+
+# -- Ed25519 --
+
+
+def test_ed25519_objects_have_the_attributes_consumers_read(session, raw, new_keys):
+    kms_key = serialization.load_der_public_key(new_keys["ed25519"].public_der)
+    assert isinstance(kms_key, ed25519.Ed25519PublicKey)
+    raw_public = kms_key.public_bytes_raw()
+    objs = list(session.get_objects({Attribute.LABEL: "ed25519"}))
+    assert sorted(o[Attribute.CLASS] for o in objs) == [ObjectClass.PUBLIC_KEY,
+                                                         ObjectClass.PRIVATE_KEY]
+    for o in objs:
+        assert o[Attribute.KEY_TYPE] == KeyType.EC_EDWARDS
+        assert core.PrintableString.load(o[Attribute.EC_PARAMS]).native == "edwards25519"
+        assert core.OctetString.load(o[Attribute.EC_POINT]).native == raw_public
+        assert p11raw.read_attribute(*raw, o.handle, CKA.PUBLIC_KEY_INFO) == \
+            new_keys["ed25519"].public_der
+        assert _allowed(raw, o.handle) == [CKM.EDDSA]
+    private = _private(session, "ed25519")
+    assert private[Attribute.SIGN] and not private[Attribute.DECRYPT]
+    assert private[Attribute.SENSITIVE] and not private[Attribute.EXTRACTABLE]
+
+
+@pytest.mark.parametrize("length", [1, 100, 4096])
+def test_ed25519_pure_signatures_verify_with_cryptography(session, new_keys, length):
+    message = os.urandom(length)
+    signature = _private(session, "ed25519").sign(message, mechanism=Mechanism.EDDSA)
+    assert len(signature) == 64
+    public = serialization.load_der_public_key(new_keys["ed25519"].public_der)
+    public.verify(signature, message)  # raises InvalidSignature
+
+
+def test_ed25519_pure_refuses_what_kms_cannot_sign(session, raw):
+    key = _private(session, "ed25519")
+    with pytest.raises(pkcs11.exceptions.DataLenRange):
+        key.sign(b"x" * 4097, mechanism=Mechanism.EDDSA)
+    with pytest.raises(pkcs11.exceptions.DataLenRange):
+        key.sign(b"", mechanism=Mechanism.EDDSA)
+    params, _keep = _eddsa_params(raw, prehash=False, context=b"ctx")  # Ed25519ctx
+    assert _raw_sign(raw, key.handle, CKM.EDDSA, params, b"data")[0] == CKR.MECHANISM_PARAM_INVALID
+    params, _keep = _eddsa_params(raw, prehash=True, context=b"ctx")
+    assert _raw_sign(raw, key.handle, CKM.EDDSA, params, b"data")[0] == CKR.MECHANISM_PARAM_INVALID
+
+
+def test_ed25519_params_without_prehash_or_context_sign_pure(session, raw, new_keys):
+    key = _private(session, "ed25519")
+    params, _keep = _eddsa_params(raw, prehash=False)
+    rv, signature = _raw_sign(raw, key.handle, CKM.EDDSA, params, b"pure with params")
+    assert rv == CKR.OK
+    serialization.load_der_public_key(new_keys["ed25519"].public_der).verify(
+        signature, b"pure with params")
+
+
+@pytest.mark.parametrize("length", [0, 10, 100_000])
+def test_ed25519ph_signs_any_length(session, raw, new_keys, length):
+    key = _private(session, "ed25519")
+    message = os.urandom(length)
+    params, _keep = _eddsa_params(raw, prehash=True)
+    rv, signature = _raw_sign(raw, key.handle, CKM.EDDSA, params, message)
+    assert rv == CKR.OK
+    public = serialization.load_der_public_key(new_keys["ed25519"].public_der).public_bytes_raw()
+    assert ed25519ph.verify(public, hashlib.sha512(message).digest(), signature)
+    assert not ed25519ph.verify(public, hashlib.sha512(message + b"!").digest(), signature)
+
+
+def test_ed25519_verify_in_the_module(session, new_keys):
+    key = _private(session, "ed25519")
+    public = session.get_key(ObjectClass.PUBLIC_KEY, label="ed25519")
+    signature = key.sign(b"verified", mechanism=Mechanism.EDDSA)
+    assert public.verify(b"verified", signature, mechanism=Mechanism.EDDSA)
+    assert not public.verify(b"verified?", signature, mechanism=Mechanism.EDDSA)
+
+
+# -- ML-DSA --
+
+
+@pytest.mark.parametrize("spec", ML_DSA)
+def test_ml_dsa_objects_have_the_3_2_attributes(session, raw, new_keys, spec):
+    name = spec.lower()
+    parameter_set, public_bytes, _ = SIZES[spec]
+    pk = serialization.load_der_public_key(new_keys[name].public_der).public_bytes_raw()
+    assert len(pk) == public_bytes
+    objs = list(session.get_objects({Attribute.LABEL: name}))
+    assert len(objs) == 2
+    for o in objs:
+        assert o[Attribute.KEY_TYPE] == CKK.ML_DSA
+        assert int.from_bytes(p11raw.read_attribute(*raw, o.handle, CKA.PARAMETER_SET),
+                              "little") == parameter_set
+        assert _allowed(raw, o.handle) == [CKM.ML_DSA]
+    public = session.get_key(ObjectClass.PUBLIC_KEY, label=name)
+    assert p11raw.read_attribute(*raw, public.handle, CKA.VALUE) == pk
+    private = _private(session, name)
+    ffi, lib = raw
+    assert _attribute_rv(raw, private.handle, CKA.VALUE) == CKR.ATTRIBUTE_SENSITIVE
+
+
+def _attribute_rv(raw, handle: int, attribute: int) -> int:
+    ffi, lib = raw
+    session = ffi.new("CK_SESSION_HANDLE *")
+    assert lib.C_OpenSession(0, 4, ffi.NULL, ffi.NULL, session) == 0
+    try:
+        t = ffi.new("CK_ATTRIBUTE *")
+        t.type = attribute
+        return lib.C_GetAttributeValue(session[0], handle, t, 1)
+    finally:
+        lib.C_CloseSession(session[0])
+
+
+def _ml_dsa_public(new_keys, name):
+    return serialization.load_der_public_key(new_keys[name].public_der)
+
+
+@pytest.mark.parametrize("spec", ML_DSA)
+@pytest.mark.parametrize("length", [0, 1, 4096, 4097, 70_000])
+def test_ml_dsa_signatures_verify_with_cryptography(session, new_keys, spec, length):
+    """Up to 4096 bytes KMS signs the message; beyond (and empty) the module computes mu."""
+    name = spec.lower()
+    message = os.urandom(length)
+    signature = _private(session, name).sign(message, mechanism=Mechanism.ML_DSA)
+    assert len(signature) == SIZES[spec][2]
+    _ml_dsa_public(new_keys, name).verify(signature, message)  # raises InvalidSignature
+
+
+def test_ml_dsa_multi_part_crosses_the_raw_limit(session, new_keys):
+    parts = [os.urandom(3000), os.urandom(3000), os.urandom(10)]
+    signature = _private(session, "ml_dsa_65").sign(iter(parts), mechanism=Mechanism.ML_DSA)
+    _ml_dsa_public(new_keys, "ml_dsa_65").verify(signature, b"".join(parts))
+
+
+def test_ml_dsa_refuses_contexts_and_deterministic_signing(session, raw):
+    ffi, _ = raw
+    key = _private(session, "ml_dsa_44")
+    context = ffi.new("char[]", b"ctx")
+    for hedge, ctx, expected in ((0, b"", CKR.OK), (1, b"", CKR.OK),
+                                 (2, b"", CKR.MECHANISM_PARAM_INVALID),
+                                 (0, b"ctx", CKR.MECHANISM_PARAM_INVALID)):
+        p = ffi.new("CK_SIGN_ADDITIONAL_CONTEXT *")
+        p.hedgeVariant = hedge
+        p.pContext, p.ulContextLen = (context, 3) if ctx else (ffi.NULL, 0)
+        assert _raw_sign(raw, key.handle, CKM.ML_DSA, p, b"message")[0] == expected, (hedge, ctx)
+
+
+def test_ml_dsa_verify_in_the_module(session):
+    key = _private(session, "ml_dsa_87")
+    public = session.get_key(ObjectClass.PUBLIC_KEY, label="ml_dsa_87")
+    for message in (b"short", os.urandom(5000)):
+        signature = key.sign(message, mechanism=Mechanism.ML_DSA)
+        assert public.verify(message, signature, mechanism=Mechanism.ML_DSA)
+        assert not public.verify(message + b"!", signature, mechanism=Mechanism.ML_DSA)
+
+
+def test_mechanism_info_for_the_new_types(lib):
+    slot = lib.get_slots()[0]
+    eddsa = slot.get_mechanism_info(Mechanism.EDDSA)
+    assert (eddsa.min_key_length, eddsa.max_key_length) == (256, 256)
+    ml_dsa = slot.get_mechanism_info(Mechanism.ML_DSA)
+    assert (ml_dsa.min_key_length, ml_dsa.max_key_length) == (1, 3)  # CKP_ML_DSA_44 .. 87
+    for info in (eddsa, ml_dsa):
+        assert info.flags & pkcs11.MechanismFlag.SIGN and info.flags & pkcs11.MechanismFlag.VERIFY
