@@ -115,24 +115,24 @@ KEY_SPECS: dict[str, KeySpec] = {
 # Key specs without a key pair, served by moto's own key material, and their one usage.
 SYMMETRIC_SPECS: dict[str, str] = {
     "SYMMETRIC_DEFAULT": "ENCRYPT_DECRYPT",
-    **{name: spec.usages[0] for name, spec in kms_specs.KEY_SPECS.items()
+    **{spec.name: kms_specs.GENERATE_VERIFY_MAC for spec in kms_specs.KEY_SPECS.values()
        if spec.family == kms_specs.HMAC},
 }
 
 UNSUPPORTED_KEY_SPECS = ("SM2",)  # China Regions only
 
 # GenerateMac/VerifyMac (RFC 2104 HMAC): each HMAC key spec allows exactly the MAC algorithm of its
-# size, and its key material is that many bits ("Key spec reference", HMAC key specs).
+# size, and its key material is that many bits (the module's table, kms/specs.py).
+_HMAC = [spec for spec in kms_specs.KEY_SPECS.values() if spec.family == kms_specs.HMAC]
 MAC_ALGORITHMS: dict[str, type[hashes.HashAlgorithm]] = {
-    "HMAC_SHA_224": hashes.SHA224, "HMAC_SHA_256": hashes.SHA256,
-    "HMAC_SHA_384": hashes.SHA384, "HMAC_SHA_512": hashes.SHA512,
+    spec.mac_algorithms[0]: hash_class(spec.hash) for spec in _HMAC if spec.hash
 }
 # HMAC key spec -> (its one MAC algorithm, its key length in bytes)
 HMAC_KEY_SPECS: dict[str, tuple[str, int]] = {
-    f"HMAC_{n}": (f"HMAC_SHA_{n}", n // 8) for n in (224, 256, 384, 512)
+    spec.name: (spec.mac_algorithms[0], spec.bits // 8) for spec in _HMAC
 }
 MAX_MAC = 6144  # VerifyMac Mac blob (CiphertextType)
 
 # DeriveSharedSecret: ECDH is the only KeyAgreementAlgorithm; PublicKey is a 1..8192-byte DER SPKI.
-KEY_AGREEMENT_ALGORITHMS = ("ECDH",)
+KEY_AGREEMENT_ALGORITHMS = (kms_specs.ECDH,)
 MAX_PUBLIC_KEY = 8192
