@@ -5,6 +5,7 @@ cryptography lacks, by the emulator's RFC 8032 code, which shares nothing with t
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 
 import pkcs11
@@ -20,6 +21,7 @@ from pkcs11_kms.ck import CKA, CKK, CKM, CKR
 from pkcs11_kms.emulator import ed25519ph
 
 ML_DSA = ("ML_DSA_44", "ML_DSA_65", "ML_DSA_87")
+HMAC_BITS = (224, 256, 384, 512)
 SIZES = {"ML_DSA_44": (1, 1312, 2420), "ML_DSA_65": (2, 1952, 3309), "ML_DSA_87": (3, 2592, 4627)}
 
 
@@ -27,7 +29,10 @@ SIZES = {"ML_DSA_44": (1, 1312, 2420), "ML_DSA_65": (2, 1952, 3309), "ML_DSA_87"
 def new_keys(kms_server):
     client = kms_server.client()
     specs = {"ed25519": "ECC_NIST_EDWARDS25519", **{s.lower(): s for s in ML_DSA}}
-    return {name: seed_key(client, None, spec, "SIGN_VERIFY") for name, spec in specs.items()}
+    made = {name: seed_key(client, None, spec, "SIGN_VERIFY") for name, spec in specs.items()}
+    for bits in HMAC_BITS:
+        made[f"hmac{bits}"] = seed_key(client, None, f"HMAC_{bits}", "GENERATE_VERIFY_MAC")
+    return made
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +71,7 @@ def _raw_sign(raw, handle: int, mechanism: int, params, data: bytes) -> tuple[in
         m = ffi.new("CK_MECHANISM *")
         m.mechanism = mechanism
         if params is not None:
-            m.pParameter, m.ulParameterLen = params, ffi.sizeof(params[0])
+            m.pParameter, m.ulParameterLen = params, ffi.sizeof(ffi.typeof(params).item)
         rv = lib.C_SignInit(session[0], m, handle)
         if rv:
             return rv, b""
@@ -104,7 +109,7 @@ def test_ed25519_objects_have_the_attributes_consumers_read(session, raw, new_ke
                                                          ObjectClass.PRIVATE_KEY]
     for o in objs:
         assert o[Attribute.KEY_TYPE] == KeyType.EC_EDWARDS
-        assert core.PrintableString.load(o[Attribute.EC_PARAMS]).native == "edwards25519"
+        assert core.ObjectIdentifier.load(o[Attribute.EC_PARAMS]).dotted == "1.3.101.112"
         assert core.OctetString.load(o[Attribute.EC_POINT]).native == raw_public
         assert p11raw.read_attribute(*raw, o.handle, CKA.PUBLIC_KEY_INFO) == \
             new_keys["ed25519"].public_der
@@ -135,13 +140,11 @@ def test_ed25519_pure_refuses_what_kms_cannot_sign(session, raw):
     assert _raw_sign(raw, key.handle, CKM.EDDSA, params, b"data")[0] == CKR.MECHANISM_PARAM_INVALID
 
 
-def test_ed25519_params_without_prehash_or_context_sign_pure(session, raw, new_keys):
+def test_ed25519_params_without_prehash_ask_for_ed25519ctx(session, raw):
+    """§2.3.14: a CK_EDDSA_PARAMS without phFlag selects Ed25519ctx, even with no context."""
     key = _private(session, "ed25519")
     params, _keep = _eddsa_params(raw, prehash=False)
-    rv, signature = _raw_sign(raw, key.handle, CKM.EDDSA, params, b"pure with params")
-    assert rv == CKR.OK
-    serialization.load_der_public_key(new_keys["ed25519"].public_der).verify(
-        signature, b"pure with params")
+    assert _raw_sign(raw, key.handle, CKM.EDDSA, params, b"x")[0] == CKR.MECHANISM_PARAM_INVALID
 
 
 @pytest.mark.parametrize("length", [0, 10, 100_000])
@@ -250,3 +253,75 @@ def test_mechanism_info_for_the_new_types(lib):
     assert (ml_dsa.min_key_length, ml_dsa.max_key_length) == (1, 3)  # CKP_ML_DSA_44 .. 87
     for info in (eddsa, ml_dsa):
         assert info.flags & pkcs11.MechanismFlag.SIGN and info.flags & pkcs11.MechanismFlag.VERIFY
+
+
+# -- HMAC --
+
+HMAC_MECHANISMS = {224: (CKM.SHA224_HMAC, CKM.SHA224_HMAC_GENERAL),
+                   256: (CKM.SHA256_HMAC, CKM.SHA256_HMAC_GENERAL),
+                   384: (CKM.SHA384_HMAC, CKM.SHA384_HMAC_GENERAL),
+                   512: (CKM.SHA512_HMAC, CKM.SHA512_HMAC_GENERAL)}
+
+
+def _secret(session, label):
+    return session.get_key(ObjectClass.SECRET_KEY, label=label)
+
+
+@pytest.mark.parametrize("bits", HMAC_BITS)
+def test_hmac_keys_are_sensitive_secret_keys(session, raw, bits):
+    objs = list(session.get_objects({Attribute.LABEL: f"hmac{bits}"}))
+    assert [o[Attribute.CLASS] for o in objs] == [ObjectClass.SECRET_KEY]
+    key = objs[0]
+    assert key[Attribute.KEY_TYPE] == KeyType.GENERIC_SECRET
+    assert key[Attribute.VALUE_LEN] == bits // 8
+    assert key[Attribute.SIGN] and key[Attribute.VERIFY]
+    assert not key[Attribute.ENCRYPT] and not key[Attribute.DERIVE]
+    assert key[Attribute.SENSITIVE] and not key[Attribute.EXTRACTABLE]
+    assert _attribute_rv(raw, key.handle, CKA.VALUE) == CKR.ATTRIBUTE_SENSITIVE
+    assert _allowed(raw, key.handle) == list(HMAC_MECHANISMS[bits])
+
+
+@pytest.mark.parametrize("bits", HMAC_BITS)
+@pytest.mark.parametrize("length", [1, 100, 4096])
+def test_hmac_matches_an_independent_hmac(session, kms_server, new_keys, bits, length):
+    """The MAC equals Python's hmac over the key material the emulator reveals to tests."""
+    material = kms_server.key_material(new_keys[f"hmac{bits}"].key_id).material
+    assert len(material) == bits // 8
+    message = os.urandom(length)
+    mac = _secret(session, f"hmac{bits}").sign(message,
+                                               mechanism=Mechanism(HMAC_MECHANISMS[bits][0]))
+    assert mac == hmac.new(material, message, f"sha{bits}").digest()
+
+
+def test_hmac_multi_part_and_verify(session, kms_server, new_keys):
+    key = _secret(session, "hmac256")
+    parts = [b"a" * 1000, b"b" * 3000, b"c" * 96]
+    mac = key.sign(iter(parts), mechanism=Mechanism.SHA256_HMAC)
+    material = kms_server.key_material(new_keys["hmac256"].key_id).material
+    assert mac == hmac.new(material, b"".join(parts), "sha256").digest()
+    assert key.verify(b"".join(parts), mac, mechanism=Mechanism.SHA256_HMAC)
+    assert not key.verify(b"".join(parts)[:-1] + b"!", mac, mechanism=Mechanism.SHA256_HMAC)
+
+
+def test_hmac_general_gives_the_leading_bytes(session, raw, kms_server, new_keys):
+    ffi, lib = raw
+    key = _secret(session, "hmac384")
+    material = kms_server.key_material(new_keys["hmac384"].key_id).material
+    full = hmac.new(material, b"general", "sha384").digest()
+    length = ffi.new("CK_MAC_GENERAL_PARAMS *", 20)
+    rv, mac = _raw_sign(raw, key.handle, CKM.SHA384_HMAC_GENERAL, length, b"general")
+    assert (rv, mac) == (CKR.OK, full[:20])
+    too_long = ffi.new("CK_MAC_GENERAL_PARAMS *", 49)
+    assert _raw_sign(raw, key.handle, CKM.SHA384_HMAC_GENERAL, too_long, b"x")[0] == \
+        CKR.MECHANISM_PARAM_INVALID
+
+
+def test_hmac_refuses_what_kms_cannot_mac(session, raw):
+    key = _secret(session, "hmac256")
+    with pytest.raises(pkcs11.exceptions.DataLenRange):
+        key.sign(b"x" * 4097, mechanism=Mechanism.SHA256_HMAC)
+    with pytest.raises(pkcs11.exceptions.DataLenRange):
+        key.sign(b"", mechanism=Mechanism.SHA256_HMAC)
+    # An HMAC_256 key does only SHA-256 HMACs.
+    assert _raw_sign(raw, key.handle, CKM.SHA384_HMAC, None, b"x")[0] == \
+        CKR.KEY_FUNCTION_NOT_PERMITTED

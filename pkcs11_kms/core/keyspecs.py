@@ -37,9 +37,12 @@ class KeySpec:
 
     @property
     def mechanism_size(self) -> int:
-        """What C_GetMechanismInfo's key sizes count: bits, or ML-DSA's parameter set (3.2)."""
+        """What C_GetMechanismInfo's key sizes count: bits; bytes for a secret key (as its
+        CKA_VALUE_LEN); ML-DSA's parameter set (3.2)."""
         if self.family == kms_specs.ML_DSA:
             return int(ML_DSA_PARAMETER_SETS[self.bits])
+        if self.family == kms_specs.HMAC:
+            return self.bits // 8
         return self.bits
 
 

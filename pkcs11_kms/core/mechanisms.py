@@ -28,6 +28,7 @@ class Kind(StrEnum):
     ENCRYPT = "encrypt"
     DECRYPT = "decrypt"
     DIGEST = "digest"
+    DERIVE = "derive"
 
 
 # Makes an operation (core/operations.py) for a kind, its key (None for a digest) and parameters.

@@ -102,8 +102,11 @@ def _int_bytes(value: int) -> bytes:
     return value.to_bytes((value.bit_length() + 7) // 8 or 1, "big")
 
 
-# CKA_EC_PARAMS of an Ed25519 key: the curve's name as a PrintableString (PKCS#11 3.0 §2.3.13).
-EDWARDS25519_PARAMS = core.PrintableString("edwards25519").dump()
+# CKA_EC_PARAMS of an Ed25519 key: id-Ed25519 (RFC 8410). PKCS#11 3.0 allows it or the
+# PrintableString "edwards25519"; pkcs11-provider, GnuTLS and OpenSSH read both
+# (docs/design.md, "Ed25519 objects"). CKA_EC_POINT is the key in a DER OCTET STRING, which they
+# need (the raw 32 bytes of the 3.1 text make pkcs11-provider 1.0 and GnuTLS 3.7 refuse the key).
+EDWARDS25519_PARAMS = core.ObjectIdentifier("1.3.101.112").dump()
 
 
 def public_parts(spec: KeySpec, spki: bytes) -> dict[int, object]:

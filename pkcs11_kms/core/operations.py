@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol, TypeVar
 
-from ..ck import CKF, CKO, CKR
+from ..ck import CKA, CKF, CKO, CKR
 from ..errors import PKCS11Error
 from ..kms.backend import KmsBackend
 from ..trust import wipe
@@ -20,6 +20,7 @@ from . import mechanisms
 from .access import find_object
 from .kms_errors import calling_kms
 from .mechanisms import Kind
+from .keyspecs import KEY_USAGES
 from .objects import KmsKey, TokenObject
 from .params import MechanismArgs
 from .session import Session, session
@@ -28,23 +29,32 @@ T = TypeVar("T")
 
 
 class KeyRule(NamedTuple):
-    """What a kind of operation needs of a mechanism and of its key."""
+    """What a kind of operation needs of a mechanism and of its key object."""
 
     flag: int  # the mechanism flag (CKF_SIGN, ...)
-    classes: tuple[int, ...]  # the key object classes that may do it
-    usage: str  # the KMS KeyUsage
+    capability: CKA  # what the key object must be able to do (keyspecs.KEY_USAGES grants it)
 
 
-# Private key objects carry the public key, so they verify and encrypt too.
 # Signatures and ciphertexts have the length output_length() says: a buffer shorter than that gets
 # CKR_BUFFER_TOO_SMALL before KMS is called. A decryption's bound is only an upper bound.
 EXACT_LENGTH = (Kind.SIGN, Kind.ENCRYPT)
 KEY_RULES: dict[Kind, KeyRule] = {
-    Kind.SIGN: KeyRule(CKF.SIGN, (CKO.PRIVATE_KEY,), "SIGN_VERIFY"),
-    Kind.VERIFY: KeyRule(CKF.VERIFY, (CKO.PUBLIC_KEY, CKO.PRIVATE_KEY), "SIGN_VERIFY"),
-    Kind.ENCRYPT: KeyRule(CKF.ENCRYPT, (CKO.PUBLIC_KEY, CKO.PRIVATE_KEY), "ENCRYPT_DECRYPT"),
-    Kind.DECRYPT: KeyRule(CKF.DECRYPT, (CKO.PRIVATE_KEY,), "ENCRYPT_DECRYPT"),
+    Kind.SIGN: KeyRule(CKF.SIGN, CKA.SIGN),
+    Kind.VERIFY: KeyRule(CKF.VERIFY, CKA.VERIFY),
+    Kind.ENCRYPT: KeyRule(CKF.ENCRYPT, CKA.ENCRYPT),
+    Kind.DECRYPT: KeyRule(CKF.DECRYPT, CKA.DECRYPT),
+    Kind.DERIVE: KeyRule(CKF.DERIVE, CKA.DERIVE),
 }
+
+
+def may(obj: TokenObject, capability: CKA) -> bool:
+    """Whether a key object can do what `capability` names. Private key objects carry the public
+    key, so they verify and encrypt too."""
+    assert obj.key is not None
+    objects = KEY_USAGES[obj.key.usage].objects
+    if capability in objects.get(CKO(obj.object_class), ()):
+        return True
+    return obj.object_class == CKO.PRIVATE_KEY and capability in objects.get(CKO.PUBLIC_KEY, ())
 
 
 @dataclass(frozen=True)
@@ -157,8 +167,7 @@ def _key_object(s: Session, handle: int) -> TokenObject:
 def _usable_key(s: Session, kind: Kind, handle: int) -> KmsKey:
     obj = _key_object(s, handle)
     assert obj.key is not None
-    rule = KEY_RULES[kind]
-    if obj.object_class not in rule.classes or obj.key.usage != rule.usage:
+    if not may(obj, KEY_RULES[kind].capability):
         raise PKCS11Error(CKR.KEY_FUNCTION_NOT_PERMITTED, f"key {handle} cannot {kind}")
     return obj.key
 

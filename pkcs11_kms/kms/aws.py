@@ -16,7 +16,7 @@ from . import loop
 from .backend import (Alias, Connection, KeyMetadata, KeyRead, KmsBackend, PublicKey, Wanted,
                       refuses_the_key)
 from .errors import KmsError
-from .specs import digest_bytes, hash_class, hash_of
+from .specs import digest_bytes, has_public_key, hash_class, hash_of
 
 _BACKOFF_CAP = 20.0  # botocore's largest pause between two attempts
 _SLACK = 2.0  # seconds on top of the attempts' own timeouts: signing, scheduling, a slow host
@@ -126,6 +126,25 @@ class AwsKms(KmsBackend):
     def generate_random(self, length: int) -> bytes:
         return bytes(self._call("GenerateRandom", None, NumberOfBytes=length)["Plaintext"])
 
+    def generate_mac(self, key: str, message: bytes, algorithm: str) -> bytes:
+        answer = self._call("GenerateMac", key, KeyId=key, Message=message, MacAlgorithm=algorithm)
+        return bytes(answer["Mac"])
+
+    def verify_mac(self, key: str, message: bytes, mac: bytes, algorithm: str) -> bool:
+        try:
+            answer = self._call("VerifyMac", key, KeyId=key, Message=message, Mac=mac,
+                                MacAlgorithm=algorithm)
+        except KmsError as error:
+            if error.code == "KMSInvalidMacException":  # KMS's way of saying "False"
+                return False
+            raise
+        return bool(answer.get("MacValid"))
+
+    def derive_shared_secret(self, key: str, public_key: bytes) -> bytes:
+        answer = self._call("DeriveSharedSecret", key, KeyId=key, KeyAgreementAlgorithm="ECDH",
+                            PublicKey=public_key)
+        return bytes(answer["SharedSecret"])
+
     # -- batches: reading a token's keys (docs/design.md, "Reading the keys") -------------------
 
     def inventory(self) -> tuple[list[str], list[Alias]]:
@@ -158,7 +177,9 @@ class AwsKms(KmsBackend):
                     if not wanted(meta, tags):
                         return KeyRead(key, meta, tags)
                 public = self._public_keys.get(meta.arn)
-                if public is None:
+                if public is None and not has_public_key(meta.key_spec):
+                    public = _without_public_key(meta)
+                elif public is None:
                     answer = await self._ask("GetPublicKey", meta.arn, KeyId=meta.arn)
                     public = self._public_keys[meta.arn] = _public_key(answer, meta.arn)
                 return KeyRead(key, meta, tags, public)
@@ -172,7 +193,14 @@ class AwsKms(KmsBackend):
     def public_keys(self, keys: Sequence[str]) -> list[PublicKey | KmsError]:
         async def one(key: str) -> PublicKey | KmsError:
             try:
-                public = _public_key(await self._ask("GetPublicKey", key, KeyId=key), key)
+                try:
+                    public = _public_key(await self._ask("GetPublicKey", key, KeyId=key), key)
+                except KmsError as e:
+                    if e.code != "UnsupportedOperationException":
+                        raise
+                    # An HMAC (or symmetric) key: what DescribeKey says instead
+                    public = _without_public_key(
+                        _metadata(await self._ask("DescribeKey", key, KeyId=key)))
             except KmsError as e:
                 if not refuses_the_key(e):
                     raise
@@ -473,9 +501,12 @@ def _public_key(answer: dict[str, Any], key: str) -> PublicKey:
         der=answer["PublicKey"],
         key_spec=answer.get("KeySpec") or answer.get("CustomerMasterKeySpec", ""),
         key_usage=answer.get("KeyUsage", ""),
-        signing_algorithms=tuple(answer.get("SigningAlgorithms", ())),
-        encryption_algorithms=tuple(answer.get("EncryptionAlgorithms", ())),
     )
+
+
+def _without_public_key(meta: KeyMetadata) -> PublicKey:
+    """The facts of a key that has no public key (HMAC, symmetric), from DescribeKey."""
+    return PublicKey(meta.key_id, meta.arn, b"", meta.key_spec, meta.key_usage)
 
 
 def _method_name(operation: str) -> str:

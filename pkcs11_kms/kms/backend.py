@@ -23,15 +23,13 @@ class KeyMetadata:
 
 @dataclass(frozen=True)
 class PublicKey:
-    """What GetPublicKey says of a key."""
+    """What GetPublicKey says of a key (DescribeKey, for a key without a public key)."""
 
     key_id: str  # the bare key id (uuid or mrk-...)
     arn: str
-    der: bytes  # DER SubjectPublicKeyInfo
+    der: bytes  # DER SubjectPublicKeyInfo; empty for an HMAC key
     key_spec: str
     key_usage: str
-    signing_algorithms: tuple[str, ...] = ()
-    encryption_algorithms: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -78,6 +76,9 @@ class KmsBackend(Protocol):
     def encrypt(self, key: str, plaintext: bytes, algorithm: str) -> bytes: ...
     def decrypt(self, key: str, ciphertext: bytes, algorithm: str) -> bytes: ...
     def generate_random(self, length: int) -> bytes: ...
+    def generate_mac(self, key: str, message: bytes, algorithm: str) -> bytes: ...
+    def verify_mac(self, key: str, message: bytes, mac: bytes, algorithm: str) -> bool: ...
+    def derive_shared_secret(self, key: str, public_key: bytes) -> bytes: ...  # ECDH's raw x
 
     # -- batches: the per-key requests of reading a token's keys ---------------------------------
     # A refusal of one key comes back in the result; any other failure raises KmsError and ends

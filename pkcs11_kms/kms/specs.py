@@ -124,6 +124,12 @@ class KeySpec:
         return (ECDH,) if KEY_AGREEMENT in self.usages else ()
 
 
+def has_public_key(key_spec: str) -> bool:
+    """GetPublicKey answers for every asymmetric key spec; HMAC and symmetric keys have none."""
+    spec = KEY_SPECS.get(key_spec)
+    return spec is not None and spec.family != HMAC
+
+
 KEY_SPECS: dict[str, KeySpec] = {
     s.name: s
     for s in (

@@ -2,9 +2,10 @@
 
 KMS signs pure Ed25519 over the message itself (ED25519_SHA_512, MessageType RAW, at most 4096
 bytes) and Ed25519ph over the message's SHA-512, computed here (ED25519_PH_SHA_512, MessageType
-DIGEST), neither with a context. No parameter, or CK_EDDSA_PARAMS without prehash and without a
-context, is Ed25519; phFlag set and no context is Ed25519ph; any context (Ed25519ctx, or Ed25519ph
-with one) is CKR_MECHANISM_PARAM_INVALID. PKCS#11's signature is RFC 8032's 64 bytes, as KMS's.
+DIGEST), neither with a context. No parameter is Ed25519 (pkcs11-provider, GnuTLS and OpenSSH
+pass none); CK_EDDSA_PARAMS with phFlag set and no context is Ed25519ph; without phFlag it is
+Ed25519ctx (§2.3.14's table), which KMS cannot sign, as it cannot sign with a context:
+CKR_MECHANISM_PARAM_INVALID. PKCS#11's signature is RFC 8032's 64 bytes, as KMS's.
 """
 
 from __future__ import annotations
@@ -48,9 +49,10 @@ def _start(kind: Kind, use: KeyUse | None, args: MechanismArgs) -> Eddsa:
         return Eddsa(key_use(use), prehash=False)
     if not isinstance(p, EddsaParams):
         raise PKCS11Error(CKR.MECHANISM_PARAM_INVALID, "CK_EDDSA_PARAMS expected")
-    if p.context:
-        raise PKCS11Error(CKR.MECHANISM_PARAM_INVALID, "KMS signs Ed25519 without a context")
-    return Eddsa(key_use(use), prehash=p.prehash)
+    if p.context or not p.prehash:
+        raise PKCS11Error(CKR.MECHANISM_PARAM_INVALID, "KMS signs neither Ed25519ctx nor with a "
+                          "context")
+    return Eddsa(key_use(use), prehash=True)
 
 
 MECHANISMS = (
