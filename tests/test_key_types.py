@@ -12,7 +12,9 @@ import pkcs11
 import pytest
 from asn1crypto import core
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.kdf.x963kdf import X963KDF
+from cryptography.hazmat.primitives import hashes
 from keyseed import seed_key, write_config
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 
@@ -22,6 +24,7 @@ from pkcs11_kms.emulator import ed25519ph
 
 ML_DSA = ("ML_DSA_44", "ML_DSA_65", "ML_DSA_87")
 HMAC_BITS = (224, 256, 384, 512)
+ECDH_CURVES = {256: ec.SECP256R1, 384: ec.SECP384R1, 521: ec.SECP521R1}
 SIZES = {"ML_DSA_44": (1, 1312, 2420), "ML_DSA_65": (2, 1952, 3309), "ML_DSA_87": (3, 2592, 4627)}
 
 
@@ -32,6 +35,8 @@ def new_keys(kms_server):
     made = {name: seed_key(client, None, spec, "SIGN_VERIFY") for name, spec in specs.items()}
     for bits in HMAC_BITS:
         made[f"hmac{bits}"] = seed_key(client, None, f"HMAC_{bits}", "GENERATE_VERIFY_MAC")
+    for curve in ECDH_CURVES:
+        made[f"ecdh{curve}"] = seed_key(client, None, f"ECC_NIST_P{curve}", "KEY_AGREEMENT")
     return made
 
 
@@ -49,7 +54,8 @@ def lib(module_path, tmp_path_factory, kms_server, new_keys):
 
 @pytest.fixture
 def session(lib):
-    with lib.get_token(token_label="types").open() as s:
+    # Logged in: python-pkcs11 makes derived keys CKA_PRIVATE, which only a logged-in user may.
+    with lib.get_token(token_label="types").open(user_pin="any") as s:
         yield s
 
 
@@ -325,3 +331,138 @@ def test_hmac_refuses_what_kms_cannot_mac(session, raw):
     # An HMAC_256 key does only SHA-256 HMACs.
     assert _raw_sign(raw, key.handle, CKM.SHA384_HMAC, None, b"x")[0] == \
         CKR.KEY_FUNCTION_NOT_PERMITTED
+
+
+# -- ECDH --
+
+EXTRACTABLE = {Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True}
+
+
+def _peer(curve: int):
+    """A peer key pair made here, and its uncompressed point."""
+    peer = ec.generate_private_key(ECDH_CURVES[curve]())
+    point = peer.public_key().public_bytes(serialization.Encoding.X962,
+                                           serialization.PublicFormat.UncompressedPoint)
+    return peer, point
+
+
+def _raw_derive(raw, base: int, point: bytes, value: list | None = None) -> int:
+    """C_DeriveKey with CKD_NULL and an empty template, as libp11 derives: its CK_RV; `value`
+    gets the derived key's CKA_VALUE, read in the same session."""
+    ffi, lib = raw
+    session = ffi.new("CK_SESSION_HANDLE *")
+    assert lib.C_OpenSession(0, 4, ffi.NULL, ffi.NULL, session) == 0
+    try:
+        data = ffi.new("char[]", point)
+        p = ffi.new("CK_ECDH1_DERIVE_PARAMS *", {"kdf": 1, "pPublicData": data,
+                                                  "ulPublicDataLen": len(point)})
+        m = ffi.new("CK_MECHANISM *", {"mechanism": CKM.ECDH1_DERIVE, "pParameter": p,
+                                       "ulParameterLen": ffi.sizeof("CK_ECDH1_DERIVE_PARAMS")})
+        out = ffi.new("CK_OBJECT_HANDLE *")
+        rv = lib.C_DeriveKey(session[0], m, base, ffi.NULL, 0, out)
+        if rv == CKR.OK and value is not None:
+            t = ffi.new("CK_ATTRIBUTE *", {"type": CKA.VALUE})
+            assert lib.C_GetAttributeValue(session[0], out[0], t, 1) == CKR.OK
+            buf = ffi.new("char[]", t.ulValueLen)
+            t.pValue = buf
+            assert lib.C_GetAttributeValue(session[0], out[0], t, 1) == CKR.OK
+            value.append(ffi.buffer(buf, t.ulValueLen)[:])
+        return rv
+    finally:
+        lib.C_CloseSession(session[0])
+
+
+def _expected_secret(new_keys, curve: int, peer) -> bytes:
+    kms_public = serialization.load_der_public_key(new_keys[f"ecdh{curve}"].public_der)
+    return peer.exchange(ec.ECDH(), kms_public)
+
+
+def test_key_agreement_keys_derive_and_do_nothing_else(session, raw):
+    private = _private(session, "ecdh256")
+    public = session.get_key(ObjectClass.PUBLIC_KEY, label="ecdh256")
+    assert private[Attribute.DERIVE] and not private[Attribute.SIGN]
+    assert not public[Attribute.VERIFY] and not public[Attribute.DERIVE]
+    assert _allowed(raw, private.handle) == [CKM.ECDH1_DERIVE, CKM.ECDH1_COFACTOR_DERIVE]
+
+
+@pytest.mark.parametrize("curve", ECDH_CURVES)
+def test_ecdh_null_kdf_gives_the_shared_secret(session, new_keys, curve):
+    peer, point = _peer(curve)
+    field = (curve + 7) // 8
+    derived = _private(session, f"ecdh{curve}").derive_key(
+        KeyType.GENERIC_SECRET, field * 8, mechanism=Mechanism.ECDH1_DERIVE,
+        mechanism_param=(pkcs11.KDF.NULL, None, point), template=EXTRACTABLE)
+    assert derived[Attribute.VALUE] == _expected_secret(new_keys, curve, peer)
+    assert derived[Attribute.VALUE_LEN] == field and derived[Attribute.CLASS] == ObjectClass.SECRET_KEY
+
+
+@pytest.mark.parametrize("kdf,hash_", [(pkcs11.KDF.SHA256, hashes.SHA256),
+                                       (pkcs11.KDF.SHA1, hashes.SHA1),
+                                       (pkcs11.KDF.SHA512, hashes.SHA512)])
+def test_ecdh_x963_kdf_as_cms_asks_for_it(session, new_keys, kdf, hash_):
+    peer, point = _peer(384)
+    shared_info = b"ECC-CMS-SharedInfo " + os.urandom(8)
+    derived = _private(session, "ecdh384").derive_key(
+        KeyType.AES, 128, mechanism=Mechanism.ECDH1_DERIVE,
+        mechanism_param=(kdf, shared_info, point), template=EXTRACTABLE)
+    z = _expected_secret(new_keys, 384, peer)
+    assert derived[Attribute.VALUE] == X963KDF(hash_(), 16, shared_info).derive(z)
+    assert derived[Attribute.KEY_TYPE] == KeyType.AES
+
+
+def test_an_empty_template_gives_a_readable_secret_as_libp11_expects(session, raw, new_keys):
+    peer, point = _peer(521)
+    value: list[bytes] = []
+    assert _raw_derive(raw, _private(session, "ecdh521").handle, point, value) == CKR.OK
+    assert value == [_expected_secret(new_keys, 521, peer)]
+
+
+def test_ecdh_accepts_the_point_in_an_octet_string(session, new_keys):
+    peer, point = _peer(256)
+    derived = _private(session, "ecdh256").derive_key(
+        KeyType.GENERIC_SECRET, 256, mechanism=Mechanism.ECDH1_DERIVE,
+        mechanism_param=(pkcs11.KDF.NULL, None, core.OctetString(point).dump()),
+        template=EXTRACTABLE)
+    assert derived[Attribute.VALUE] == _expected_secret(new_keys, 256, peer)
+
+
+@pytest.mark.parametrize("template", [{Attribute.SENSITIVE: True},
+                                      {Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: False}])
+def test_a_derived_value_stays_in_the_module_when_the_template_says(session, template):
+    _, point = _peer(256)
+    derived = _private(session, "ecdh256").derive_key(
+        KeyType.GENERIC_SECRET, 256, mechanism=Mechanism.ECDH1_DERIVE,
+        mechanism_param=(pkcs11.KDF.NULL, None, point), template=template)
+    with pytest.raises(pkcs11.exceptions.AttributeSensitive):
+        derived[Attribute.VALUE]
+
+
+def test_ecdh_refuses_bad_public_data_and_other_keys(session, raw):
+    _, wrong_curve = _peer(384)
+    with pytest.raises(pkcs11.exceptions.MechanismParamInvalid):
+        _private(session, "ecdh256").derive_key(
+            KeyType.GENERIC_SECRET, 256, mechanism=Mechanism.ECDH1_DERIVE,
+            mechanism_param=(pkcs11.KDF.NULL, None, wrong_curve), template=EXTRACTABLE)
+    _, point = _peer(256)
+    with pytest.raises(pkcs11.exceptions.TemplateInconsistent):  # longer than the secret
+        _private(session, "ecdh256").derive_key(
+            KeyType.GENERIC_SECRET, 512, mechanism=Mechanism.ECDH1_DERIVE,
+            mechanism_param=(pkcs11.KDF.NULL, None, point), template=EXTRACTABLE)
+    assert _raw_derive(raw, _private(session, "ed25519").handle, point) == \
+        CKR.KEY_TYPE_INCONSISTENT  # a signing key derives nothing
+
+
+def test_derived_keys_are_session_objects(lib, new_keys):
+    _, point = _peer(256)
+    token = lib.get_token(token_label="types")
+    with token.open(user_pin="any") as first:
+        derived = _private(first, "ecdh256").derive_key(
+            KeyType.GENERIC_SECRET, 256, mechanism=Mechanism.ECDH1_DERIVE,
+            mechanism_param=(pkcs11.KDF.NULL, None, point), template=EXTRACTABLE)
+        handle = derived.handle
+        assert not derived[Attribute.TOKEN]
+        with token.open() as second:
+            assert handle in {o.handle for o in second.get_objects({Attribute.CLASS:
+                                                                    ObjectClass.SECRET_KEY})}
+    with token.open() as third:
+        assert handle not in {o.handle for o in third.get_objects()}

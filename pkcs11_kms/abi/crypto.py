@@ -8,8 +8,8 @@ from typing import NamedTuple, TypeVar
 from _kms_pkcs11 import ffi
 
 from ..ck import CKM, CKR
+from ..core import access, derive, random
 from ..core import operations as ops
-from ..core import random
 from ..core.mechanisms import Kind
 from ..core.params import (
     Ecdh1Params,
@@ -25,9 +25,11 @@ from ..core.session import session
 from ..errors import PKCS11Error
 from ..trust import wipe
 from .cdata import (
+    CK_ATTRIBUTE_PTR,
     CK_BYTE_PTR,
     CK_MECHANISM_PTR,
     CK_OBJECT_HANDLE,
+    CK_OBJECT_HANDLE_PTR,
     CK_SESSION_HANDLE,
     CK_ULONG,
     CK_ULONG_PTR,
@@ -39,6 +41,7 @@ from .marshal import (
     output_capacity,
     read_bytes,
     read_struct,
+    read_template,
     require,
     write_data,
     write_ulong,
@@ -93,7 +96,8 @@ PARAMETERS: dict[int, Parameter] = {
     CKM.RSA_PKCS_OAEP: Parameter("CK_RSA_PKCS_OAEP_PARAMS", _oaep),
     CKM.EDDSA: Parameter("CK_EDDSA_PARAMS", _eddsa, optional=True),
     CKM.ML_DSA: Parameter("CK_SIGN_ADDITIONAL_CONTEXT", _sign_context, optional=True),
-    CKM.ECDH1_DERIVE: Parameter("CK_ECDH1_DERIVE_PARAMS", _ecdh1),
+    **{m: Parameter("CK_ECDH1_DERIVE_PARAMS", _ecdh1)
+       for m in (CKM.ECDH1_DERIVE, CKM.ECDH1_COFACTOR_DERIVE)},
     **{m: Parameter("CK_MAC_GENERAL_PARAMS", _mac_length) for m in HMAC_GENERAL},
 }
 
@@ -306,6 +310,21 @@ def C_DigestFinal(
 
 def C_DigestKey(hSession: CK_SESSION_HANDLE, hKey: CK_OBJECT_HANDLE) -> None:
     ops.digest_key(hSession, hKey)
+
+
+def C_DeriveKey(
+    hSession: CK_SESSION_HANDLE, pMechanism: CK_MECHANISM_PTR, hBaseKey: CK_OBJECT_HANDLE,
+    pTemplate: CK_ATTRIBUTE_PTR, ulAttributeCount: CK_ULONG, phKey: CK_OBJECT_HANDLE_PTR,
+) -> None:
+    require(pMechanism, phKey)
+    args = read_mechanism(pMechanism)
+    assert args is not None
+    handle = derive.derive_key(hSession, args, hBaseKey, read_template(pTemplate, ulAttributeCount))
+    try:
+        write_ulong(phKey, handle)
+    except PKCS11Error:
+        access.discard_copy(hSession, handle)  # no key the host cannot know of
+        raise
 
 
 MAX_RANDOM = 1024 * 1024  # bytes one C_GenerateRandom gives (KMS gives 1024 a request)

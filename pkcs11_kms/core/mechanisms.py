@@ -33,6 +33,9 @@ class Kind(StrEnum):
 
 # Makes an operation (core/operations.py) for a kind, its key (None for a digest) and parameters.
 Start: TypeAlias = "Callable[[Kind, KeyUse | None, MechanismArgs], Operation]"
+# Derives a key's value with a base key (C_DeriveKey): its length in bytes, or None for the
+# mechanism's natural length.
+Derive: TypeAlias = "Callable[[KeyUse, MechanismArgs, int | None], bytes]"
 
 
 @dataclass(frozen=True)
@@ -43,8 +46,9 @@ class Mechanism:
     key_type: CKK | None  # None: a mechanism without a key (digests)
     flags: int
     key_usage: str | None  # the KMS KeyUsage a key needs for it
-    start: Start
+    start: Start | None  # None: the mechanism runs no sign/verify/encrypt/decrypt/digest
     key_specs: frozenset[str] | None = None  # None: every spec of key_type
+    derive: Derive | None = None  # C_DeriveKey's
 
 
 _REGISTRY: tuple[Mechanism, ...] = ()  # in the order of C_GetMechanismList

@@ -18,9 +18,9 @@ from ..kms.backend import KmsBackend
 from ..trust import wipe
 from . import mechanisms
 from .access import find_object
+from .keyspecs import KEY_USAGES
 from .kms_errors import calling_kms
 from .mechanisms import Kind
-from .keyspecs import KEY_USAGES
 from .objects import KmsKey, TokenObject
 from .params import MechanismArgs
 from .session import Session, session
@@ -106,7 +106,8 @@ def digest_init(session_handle: int, args: MechanismArgs | None) -> None:
     if Kind.DIGEST in s.operations:
         raise PKCS11Error(CKR.OPERATION_ACTIVE, "a digest operation is active")
     mechanism = mechanisms.lookup(args.mechanism)
-    if mechanism.key_type is not None or not mechanism.flags & CKF.DIGEST:
+    if mechanism.key_type is not None or mechanism.start is None \
+            or not mechanism.flags & CKF.DIGEST:
         raise PKCS11Error(CKR.MECHANISM_INVALID, f"{mechanism.mechanism.name} is not a digest")
     s.operations[Kind.DIGEST] = Active(mechanism.start(Kind.DIGEST, None, args))
 
@@ -115,7 +116,7 @@ def digest_key(session_handle: int, key_handle: int) -> None:
     """C_DigestKey: only secret keys can be digested, and KMS private key material never leaves."""
     s = session(session_handle)
     _active(s, Kind.DIGEST)
-    _guarded(s, Kind.DIGEST, lambda: _key_object(s, key_handle))
+    _guarded(s, Kind.DIGEST, lambda: key_object(s, key_handle))
     del s.operations[Kind.DIGEST]
     raise PKCS11Error(CKR.KEY_INDIGESTIBLE, "KMS keys cannot be digested")
 
@@ -140,7 +141,7 @@ def init(kind: Kind, session_handle: int, args: MechanismArgs | None, key_handle
     mechanism = mechanisms.lookup(args.mechanism)
     if mechanism.key_type is None:
         raise PKCS11Error(CKR.MECHANISM_INVALID, f"{mechanism.mechanism.name} takes no key")
-    if not mechanism.flags & KEY_RULES[kind].flag:
+    if mechanism.start is None or not mechanism.flags & KEY_RULES[kind].flag:
         raise PKCS11Error(CKR.MECHANISM_INVALID, f"{mechanism.mechanism.name} cannot {kind}")
     key = _usable_key(s, kind, key_handle)
     if mechanism.key_type != key.spec.key_type:
@@ -152,7 +153,7 @@ def init(kind: Kind, session_handle: int, args: MechanismArgs | None, key_handle
     s.operations[kind] = Active(mechanism.start(kind, use, args))
 
 
-def _key_object(s: Session, handle: int) -> TokenObject:
+def key_object(s: Session, handle: int) -> TokenObject:
     """The key a handle names; any other handle is CKR_KEY_HANDLE_INVALID, never
     CKR_OBJECT_HANDLE_INVALID (§5.8.1, §5.12.4: the key functions' return values)."""
     try:
@@ -165,7 +166,7 @@ def _key_object(s: Session, handle: int) -> TokenObject:
 
 
 def _usable_key(s: Session, kind: Kind, handle: int) -> KmsKey:
-    obj = _key_object(s, handle)
+    obj = key_object(s, handle)
     assert obj.key is not None
     if not may(obj, KEY_RULES[kind].capability):
         raise PKCS11Error(CKR.KEY_FUNCTION_NOT_PERMITTED, f"key {handle} cannot {kind}")

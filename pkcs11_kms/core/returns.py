@@ -30,7 +30,7 @@ NOT_IMPLEMENTED = frozenset(
         "C_CreateObject", "C_SetAttributeValue", "C_SignRecoverInit", "C_SignRecover",
         "C_VerifyRecoverInit", "C_VerifyRecover", "C_DigestEncryptUpdate",
         "C_DecryptDigestUpdate", "C_SignEncryptUpdate", "C_DecryptVerifyUpdate",
-        "C_GenerateKey", "C_GenerateKeyPair", "C_WrapKey", "C_UnwrapKey", "C_DeriveKey",
+        "C_GenerateKey", "C_GenerateKeyPair", "C_WrapKey", "C_UnwrapKey",
         "C_WaitForSlotEvent", "C_SessionCancel",
         "C_MessageEncryptInit", "C_EncryptMessage", "C_EncryptMessageBegin",
         "C_EncryptMessageNext", "C_MessageEncryptFinal", "C_MessageDecryptInit",
