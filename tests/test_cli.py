@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import pytest
 from cryptography.hazmat.primitives import serialization
 from hosts import free_port, tool
-from keyseed import write_config
+from keyseed import seed_key, write_config
 
 CLI = [sys.executable, "-m", "pkcs11_kms"]
 NOBODY = 65534
@@ -198,6 +198,25 @@ def test_doctor_passes_against_a_healthy_emulator(acceptance_config, kms_server)
                  "ENCRYPT_DECRYPT, kms:Decrypt allowed (DryRun)",
                  "✓ everything is usable: 3 keys"):
         assert line in out, out
+
+
+def test_doctor_checks_every_key_type(tmp_path, kms_server):
+    """Ed25519, ML-DSA, HMAC (no public key: DescribeKey) and key agreement keys, each with a
+    DryRun of the operation the module uses."""
+    client = kms_server.client()
+    keys = {name: seed_key(client, None, spec, usage) for name, spec, usage in (
+        ("ed", "ECC_NIST_EDWARDS25519", "SIGN_VERIFY"), ("pq", "ML_DSA_44", "SIGN_VERIFY"),
+        ("mac", "HMAC_256", "GENERATE_VERIFY_MAC"), ("dh", "ECC_NIST_P384", "KEY_AGREEMENT"))}
+    entries = ", ".join(f'{{ key = "{k.arn}", label = "{n}" }}' for n, k in keys.items())
+    config = write_config(tmp_path / "c.toml", kms_server, f'[[token]]\nkeys = [{entries}]\n')
+    proc = cli("doctor", config=config)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for expected in ("ECC_NIST_EDWARDS25519 SIGN_VERIFY, kms:Sign allowed (DryRun)",
+                     "ML_DSA_44 SIGN_VERIFY, kms:Sign allowed (DryRun)",
+                     "HMAC_256 GENERATE_VERIFY_MAC, kms:GenerateMac allowed (DryRun)",
+                     "ECC_NIST_P384 KEY_AGREEMENT, kms:DeriveSharedSecret allowed (DryRun)",
+                     "everything is usable: 4 keys"):
+        assert expected in proc.stdout, proc.stdout
 
 
 def test_doctor_over_https_checks_the_ca(tmp_path, https_kms_server):

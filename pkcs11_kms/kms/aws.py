@@ -16,7 +16,15 @@ from . import loop
 from .backend import (Alias, Connection, KeyMetadata, KeyRead, KmsBackend, PublicKey, Wanted,
                       refuses_the_key)
 from .errors import KmsError
-from .specs import digest_bytes, has_public_key, hash_class, hash_of
+from .specs import (
+    ECDH,
+    ED25519_SHA_512,
+    ML_DSA_SHAKE_256,
+    digest_bytes,
+    has_public_key,
+    hash_class,
+    hash_of,
+)
 
 _BACKOFF_CAP = 20.0  # botocore's largest pause between two attempts
 _SLACK = 2.0  # seconds on top of the attempts' own timeouts: signing, scheduling, a slow host
@@ -41,6 +49,8 @@ def deadline_for(connection: Connection) -> float:
     per_attempt = connection.connect_timeout + connection.read_timeout
     return attempts * per_attempt + backoff + _SLACK
 
+
+RAW_ONLY = (ED25519_SHA_512, ML_DSA_SHAKE_256)  # signed over the message: no DIGEST
 
 class AwsKms(KmsBackend):
     """KMS at one Connection. Thread-safe: every call runs on the KMS loop (loop.py)."""
@@ -282,16 +292,35 @@ class AwsKms(KmsBackend):
     def dry_run_sign(self, key: str, algorithm: str) -> bool:
         """True when KMS says Sign would succeed; False when the endpoint ignores DryRun (it
         signed); KmsError with the reason when it would fail."""
-        hash_ = hash_of(algorithm)
-        digest = bytes(digest_bytes(hash_) if hash_ else 32)
+        if algorithm in RAW_ONLY:  # KMS signs these over the message itself
+            message, message_type = bytes(32), "RAW"
+        else:
+            hash_ = hash_of(algorithm)
+            message, message_type = bytes(digest_bytes(hash_) if hash_ else 32), "DIGEST"
         return self._dry_run(
             "Sign",
             key,
             KeyId=key,
-            Message=digest,
-            MessageType="DIGEST",
+            Message=message,
+            MessageType=message_type,
             SigningAlgorithm=algorithm,
         )
+
+    def dry_run_mac(self, key: str, algorithm: str) -> bool:
+        """Like dry_run_sign, for GenerateMac."""
+        return self._dry_run("GenerateMac", key, KeyId=key, Message=bytes(32),
+                             MacAlgorithm=algorithm)
+
+    def dry_run_derive(self, key: str, curve: str) -> bool:
+        """Like dry_run_sign, for DeriveSharedSecret with a throwaway peer key on `curve`."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        peer = ec.generate_private_key(getattr(ec, curve.upper())()).public_key()
+        der = peer.public_bytes(serialization.Encoding.DER,
+                                serialization.PublicFormat.SubjectPublicKeyInfo)
+        return self._dry_run("DeriveSharedSecret", key, KeyId=key, KeyAgreementAlgorithm=ECDH,
+                             PublicKey=der)
 
     def dry_run_decrypt(self, key: str, algorithm: str) -> bool:
         """Like dry_run_sign, with a ciphertext made locally under the key's public key."""

@@ -20,7 +20,14 @@ from urllib.parse import urlsplit
 from ..config import Config, TokenConfig
 from ..kms.aws import named_region
 from ..kms.backend import Connection, PublicKey
-from ..kms.specs import KEY_SPECS, RSAES_OAEP, algorithm_name
+from ..kms.specs import (
+    ENCRYPT_DECRYPT,
+    GENERATE_VERIFY_MAC,
+    KEY_AGREEMENT,
+    KEY_SPECS,
+    RSAES_OAEP,
+    algorithm_name,
+)
 
 OK, BAD, NOTE = "✓", "✗", "·"
 
@@ -361,10 +368,19 @@ def check_endpoint(connection: Connection, url: str, timeout: float, report: Rep
 
 def _algorithm(public: PublicKey) -> tuple[str, str]:
     """(KMS operation, algorithm) a DryRun checks: what the module uses most (RSA: PKCS#1 v1.5
-    with SHA-256; EC: the curve's one)."""
-    if public.key_usage == "ENCRYPT_DECRYPT":
+    with SHA-256; EC: the curve's one; an HMAC key: its one MAC; key agreement: ECDH)."""
+    spec = KEY_SPECS[public.key_spec]
+    if public.key_usage == ENCRYPT_DECRYPT:
         return "Decrypt", algorithm_name(RSAES_OAEP, "SHA_256")
-    return "Sign", KEY_SPECS[public.key_spec].signing_algorithms[0]
+    if public.key_usage == GENERATE_VERIFY_MAC:
+        return "GenerateMac", spec.mac_algorithms[0]
+    if public.key_usage == KEY_AGREEMENT:
+        return "DeriveSharedSecret", spec.curve or ""
+    return "Sign", spec.signing_algorithms[0]
+
+
+_DRY_RUNS = {"Sign": "dry_run_sign", "Decrypt": "dry_run_decrypt", "GenerateMac": "dry_run_mac",
+             "DeriveSharedSecret": "dry_run_derive"}
 
 
 def check_key(backend: Any, name: str, label: str, public: PublicKey | None,
@@ -376,25 +392,25 @@ def check_key(backend: Any, name: str, label: str, public: PublicKey | None,
     shown = shown or (f"{name} ({label})" if label != name else name)
     if public is None:
         try:
-            public = backend.get_public_key(name)
+            answer = backend.public_keys([name])[0]  # DescribeKey for an HMAC key
         except KmsError as e:
-            detail = f": {e.message}" if e.message else ""
-            report.bad(f"key {shown}: GetPublicKey: {e.code}{detail}",
-                       _fix_for(e.code, name, "GetPublicKey"))
+            answer = e
+        if isinstance(answer, KmsError):
+            detail = f": {answer.message}" if answer.message else ""
+            report.bad(f"key {shown}: {answer.operation}: {answer.code}{detail}",
+                       _fix_for(answer.code, name, answer.operation))
             return False
+        public = answer
     assert public is not None
     what = f"{public.key_spec} {public.key_usage}"
     if not usable(public.key_spec, public.key_usage, name):
         report.bad(f"key {shown}: {what} is not supported: the token leaves it out",
-                   "use an RSA 2048/3072/4096 or EC P-256/P-384/P-521/secp256k1 key with usage "
-                   "SIGN_VERIFY or ENCRYPT_DECRYPT")
+                   "use an asymmetric key (RSA, ECC, Ed25519, ML-DSA) or an HMAC key, with a "
+                   "usage its key spec allows (docs/design.md, \"Key types\")")
         return False
     operation, algorithm = _algorithm(public)
     try:
-        if operation == "Sign":
-            answered = backend.dry_run_sign(name, algorithm)
-        else:
-            answered = backend.dry_run_decrypt(name, algorithm)
+        answered = getattr(backend, _DRY_RUNS[operation])(name, algorithm)
     except KmsError as e:
         report.bad(f"key {shown}: {what}: {operation} refused: {e.code}"
                    f"{': ' + e.message if e.message else ''}", _fix_for(e.code, name, operation))
@@ -432,7 +448,7 @@ def check_token(tc: TokenConfig, index: int, report: Report) -> int:
     if not keys:
         where = f" matching {' and '.join(filters)}" if filters else ""
         report.bad(f"listing keys: no usable key{where}",
-                   "create an asymmetric SIGN_VERIFY or ENCRYPT_DECRYPT key (enabled), or fix "
+                   "create a key the token can use (enabled; docs/design.md, \"Key types\"), or fix "
                    "alias_prefix/tags (`pkcs11-kms keys -v` shows skipped keys)")
         return 0
     report.ok(f"listing keys: {len(keys)} usable key{'s' if len(keys) != 1 else ''}"

@@ -7,21 +7,25 @@ import sys
 from typing import Any, TextIO
 
 from ..config import Config
+from ..ck import CKO
+from ..core.keyspecs import KEY_USAGES
 from ..core.objects import KmsKey
 from .selection import TokenListing, list_tokens
 from .uri import make_uri
 
-_OPERATIONS = {"SIGN_VERIFY": "sign", "ENCRYPT_DECRYPT": "decrypt"}
+_OPERATIONS = {"SIGN_VERIFY": "sign", "ENCRYPT_DECRYPT": "decrypt", "GENERATE_VERIFY_MAC": "mac",
+               "KEY_AGREEMENT": "derive"}
+# RFC 7512's type= of each object class a key appears as
+_URI_TYPES = {CKO.PRIVATE_KEY: "private", CKO.PUBLIC_KEY: "public", CKO.SECRET_KEY: "secret-key"}
 
 
 def key_uris(token_label: str, key: KmsKey, label_unique: bool = True) -> dict[str, str]:
     """The URIs of a key's objects: by label (when no other key of the token has it) and by id."""
-    uris = {}
+    types = [_URI_TYPES[cls] for cls in KEY_USAGES[key.usage].objects]
+    uris: dict[str, str] = {}
     if label_unique:
-        uris["private"] = make_uri(token_label, key.label, object_type="private")
-        uris["public"] = make_uri(token_label, key.label, object_type="public")
-    uris["private_by_id"] = make_uri(token_label, ckid=key.ckid, object_type="private")
-    uris["public_by_id"] = make_uri(token_label, ckid=key.ckid, object_type="public")
+        uris |= {t: make_uri(token_label, key.label, object_type=t) for t in types}
+    uris |= {f"{t}_by_id": make_uri(token_label, ckid=key.ckid, object_type=t) for t in types}
     return uris
 
 
@@ -88,7 +92,8 @@ def print_human(config: Config, listings: list[TokenListing], out: TextIO) -> No
             print(f"    {'key:':<9}{k.arn or k.key_id}", file=out)
             uris = key_uris(t.label, k, k.label in unique)
             for name, title in (("private", "private"), ("public", "public"),
-                                ("private_by_id", "by id")):
+                                ("secret-key", "secret"), ("private_by_id", "by id"),
+                                ("secret-key_by_id", "by id")):
                 if name in uris:
                     print(f"    {title + ':':<9}{uris[name]}", file=out)
             subject = t.certificates.get(k.key_id)
