@@ -47,7 +47,7 @@ UNSUPPORTED = [
     "C_SignRecoverInit", "C_SignRecover", "C_VerifyRecoverInit", "C_VerifyRecover",
     "C_DigestEncryptUpdate", "C_DecryptDigestUpdate", "C_SignEncryptUpdate",
     "C_DecryptVerifyUpdate",
-    "C_GenerateKey", "C_GenerateKeyPair", "C_WrapKey", "C_UnwrapKey", "C_DeriveKey",
+    "C_GenerateKey", "C_GenerateKeyPair", "C_WrapKey", "C_UnwrapKey",
     *[name for name in PROTOTYPES if "Message" in name],
 ]
 
@@ -60,8 +60,8 @@ DEVIATIONS = {
                    "consumers then never ask for a PIN that protects nothing",
     "read-only token": "read/write sessions open, but token objects are neither modifiable nor "
                        "destroyable: KMS keys change only through KMS",
-    "no creation": "no C_CreateObject, key generation, wrap, unwrap or derive; C_CopyObject "
-                   "makes session copies only",
+    "no creation": "no C_CreateObject, key generation, wrap or unwrap; C_CopyObject and "
+                   "C_DeriveKey make session objects only",
     "pReserved": "C_Initialize takes a config path in pReserved (libp11, pkcs11-provider)",
     "no slot events": "C_WaitForSlotEvent is not supported: slots and tokens never change",
     "no saved state": "C_GetOperationState/C_SetOperationState are not supported: a KMS "

@@ -361,7 +361,7 @@ OPERATION_STUBS = [n for n in UNSUPPORTED if n not in (
 
 
 def test_unsupported_operations(p11, session):
-    """Deviation ("no creation"): key generation, wrapping, unwrapping and derivation (§5.18),
+    """Deviation ("no creation"): key generation, wrapping and unwrapping (§5.18),
     sign/verify with recovery (§5.13.5-6, §5.15.5-6), the dual-function calls (§5.17, and the
     token does not set CKF_DUAL_CRYPTO_OPERATIONS) and the message-based functions (§5.9, §5.11,
     §5.14, §5.16) are §5.1.6 stubs: CKR_FUNCTION_NOT_SUPPORTED, whatever the arguments."""
@@ -370,8 +370,15 @@ def test_unsupported_operations(p11, session):
         args = p11.zero_args(name)
         args[0] = session
         got[name] = getattr(p11.lib, name)(*args)
-    assert len(got) == 33
+    assert len(got) == 32
     assert [f"{n} {rv:#x}" for n, rv in got.items() if rv != CKR.FUNCTION_NOT_SUPPORTED] == []
+
+
+def test_derive_key_checks_its_arguments(p11, session):
+    """§5.18.5: C_DeriveKey (ECDH) with no mechanism or no output handle is CKR_ARGUMENTS_BAD."""
+    args = p11.zero_args("C_DeriveKey")
+    args[0] = session
+    assert p11.lib.C_DeriveKey(*args) == CKR.ARGUMENTS_BAD
 
 
 @pytest.mark.parametrize("kind", ["encrypt", "decrypt"])

@@ -70,7 +70,7 @@ def test_closed_session_handle_is_invalid_for_every_function(p11):
     h = p11.open()
     assert lib.C_CloseSession(h) == CKR.OK
     takes_session = [n for n in PROTOTYPES if n not in SESSIONLESS and n not in UNSUPPORTED]
-    assert len(takes_session) == 37
+    assert len(takes_session) == 38
     for handle in (h, 0):
         got = {}
         for name in takes_session:

@@ -1,26 +1,24 @@
-"""Ed25519 and ML-DSA keys (issue #13) through python-pkcs11 and a raw cffi client: their objects'
-attributes as PKCS#11 3.0/3.2 define them, and signatures checked by cryptography (Ed25519ph, which
-cryptography lacks, by the emulator's RFC 8032 code, which shares nothing with the module)."""
+"""Ed25519, ML-DSA, HMAC and key agreement keys (issue #13) through python-pkcs11 and a raw cffi
+client: their objects' attributes as PKCS#11 3.0/3.2 define them, signatures checked by
+cryptography, MACs by Python's hmac over the key material the emulator reveals to tests, derived
+secrets by cryptography's ECDH and X9.63 KDF."""
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 
 import pkcs11
 import pytest
 from asn1crypto import core
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.kdf.x963kdf import X963KDF
-from cryptography.hazmat.primitives import hashes
 from keyseed import seed_key, write_config
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 
 import p11raw
 from pkcs11_kms.ck import CKA, CKK, CKM, CKR
-from pkcs11_kms.emulator import ed25519ph
 
 ML_DSA = ("ML_DSA_44", "ML_DSA_65", "ML_DSA_87")
 HMAC_BITS = (224, 256, 384, 512)
@@ -153,16 +151,12 @@ def test_ed25519_params_without_prehash_ask_for_ed25519ctx(session, raw):
     assert _raw_sign(raw, key.handle, CKM.EDDSA, params, b"x")[0] == CKR.MECHANISM_PARAM_INVALID
 
 
-@pytest.mark.parametrize("length", [0, 10, 100_000])
-def test_ed25519ph_signs_any_length(session, raw, new_keys, length):
+def test_ed25519ph_is_refused(session, raw):
+    """KMS's ED25519_PH_SHA_512 hashes the digest it is given again: its signature would not be
+    RFC 8032's Ed25519ph of the message (docs/design.md)."""
     key = _private(session, "ed25519")
-    message = os.urandom(length)
     params, _keep = _eddsa_params(raw, prehash=True)
-    rv, signature = _raw_sign(raw, key.handle, CKM.EDDSA, params, message)
-    assert rv == CKR.OK
-    public = serialization.load_der_public_key(new_keys["ed25519"].public_der).public_bytes_raw()
-    assert ed25519ph.verify(public, hashlib.sha512(message).digest(), signature)
-    assert not ed25519ph.verify(public, hashlib.sha512(message + b"!").digest(), signature)
+    assert _raw_sign(raw, key.handle, CKM.EDDSA, params, b"data")[0] == CKR.MECHANISM_PARAM_INVALID
 
 
 def test_ed25519_verify_in_the_module(session, new_keys):
@@ -242,6 +236,30 @@ def test_ml_dsa_refuses_contexts_and_deterministic_signing(session, raw):
         assert _raw_sign(raw, key.handle, CKM.ML_DSA, p, b"message")[0] == expected, (hedge, ctx)
 
 
+def test_ml_dsa_verification_ignores_the_hedge(session, raw):
+    """3.2: "On verification the hedgeVariant parameter is ignored"."""
+    ffi, lib = raw
+    key = _private(session, "ml_dsa_44")
+    public = session.get_key(ObjectClass.PUBLIC_KEY, label="ml_dsa_44")
+    signature = key.sign(b"message", mechanism=Mechanism.ML_DSA)
+    p = ffi.new("CK_SIGN_ADDITIONAL_CONTEXT *", {"hedgeVariant": 2})  # deterministic required
+    m = ffi.new("CK_MECHANISM *", {"mechanism": CKM.ML_DSA, "pParameter": p,
+                                   "ulParameterLen": ffi.sizeof("CK_SIGN_ADDITIONAL_CONTEXT")})
+    h = ffi.new("CK_SESSION_HANDLE *")
+    assert lib.C_OpenSession(0, 4, ffi.NULL, ffi.NULL, h) == 0
+    try:
+        assert lib.C_VerifyInit(h[0], m, public.handle) == CKR.OK
+        assert lib.C_Verify(h[0], b"message", 7, signature, len(signature)) == CKR.OK
+    finally:
+        lib.C_CloseSession(h[0])
+
+
+def test_ml_dsa_private_key_value_is_not_the_public_key(session, raw, new_keys):
+    pk = serialization.load_der_public_key(new_keys["ml_dsa_44"].public_der).public_bytes_raw()
+    found = list(session.get_objects({Attribute.VALUE: pk}))
+    assert [o[Attribute.CLASS] for o in found] == [ObjectClass.PUBLIC_KEY]
+
+
 def test_ml_dsa_verify_in_the_module(session):
     key = _private(session, "ml_dsa_87")
     public = session.get_key(ObjectClass.PUBLIC_KEY, label="ml_dsa_87")
@@ -256,7 +274,7 @@ def test_mechanism_info_for_the_new_types(lib):
     eddsa = slot.get_mechanism_info(Mechanism.EDDSA)
     assert (eddsa.min_key_length, eddsa.max_key_length) == (256, 256)
     ml_dsa = slot.get_mechanism_info(Mechanism.ML_DSA)
-    assert (ml_dsa.min_key_length, ml_dsa.max_key_length) == (1, 3)  # CKP_ML_DSA_44 .. 87
+    assert (ml_dsa.min_key_length, ml_dsa.max_key_length) == (1312, 2592)  # public key bytes (3.2)
     for info in (eddsa, ml_dsa):
         assert info.flags & pkcs11.MechanismFlag.SIGN and info.flags & pkcs11.MechanismFlag.VERIFY
 
@@ -320,6 +338,26 @@ def test_hmac_general_gives_the_leading_bytes(session, raw, kms_server, new_keys
     too_long = ffi.new("CK_MAC_GENERAL_PARAMS *", 49)
     assert _raw_sign(raw, key.handle, CKM.SHA384_HMAC_GENERAL, too_long, b"x")[0] == \
         CKR.MECHANISM_PARAM_INVALID
+
+
+def test_hmac_general_verifies_the_leading_bytes(session, raw):
+    ffi, lib = raw
+    key = _secret(session, "hmac256")
+    length = ffi.new("CK_MAC_GENERAL_PARAMS *", 16)
+    rv, mac = _raw_sign(raw, key.handle, CKM.SHA256_HMAC_GENERAL, length, b"general")
+    assert rv == CKR.OK and len(mac) == 16
+    m = ffi.new("CK_MECHANISM *", {"mechanism": CKM.SHA256_HMAC_GENERAL, "pParameter": length,
+                                   "ulParameterLen": ffi.sizeof("CK_MAC_GENERAL_PARAMS")})
+    h = ffi.new("CK_SESSION_HANDLE *")
+    assert lib.C_OpenSession(0, 4, ffi.NULL, ffi.NULL, h) == 0
+    try:
+        for candidate, expected in ((mac, CKR.OK), (mac[:-1] + bytes([mac[-1] ^ 1]),
+                                                    CKR.SIGNATURE_INVALID),
+                                    (mac[:15], CKR.SIGNATURE_LEN_RANGE)):
+            assert lib.C_VerifyInit(h[0], m, key.handle) == CKR.OK
+            assert lib.C_Verify(h[0], b"general", 7, candidate, len(candidate)) == expected
+    finally:
+        lib.C_CloseSession(h[0])
 
 
 def test_hmac_refuses_what_kms_cannot_mac(session, raw):
@@ -452,6 +490,47 @@ def test_ecdh_refuses_bad_public_data_and_other_keys(session, raw):
         CKR.KEY_TYPE_INCONSISTENT  # a signing key derives nothing
 
 
+def _derive_rv(raw, base: int, point: bytes, template: dict[int, bytes], kdf: int = 1) -> int:
+    ffi, lib = raw
+    h = ffi.new("CK_SESSION_HANDLE *")
+    assert lib.C_OpenSession(0, 4, ffi.NULL, ffi.NULL, h) == 0
+    try:
+        data = ffi.new("char[]", point)
+        p = ffi.new("CK_ECDH1_DERIVE_PARAMS *", {"kdf": kdf, "pPublicData": data,
+                                                  "ulPublicDataLen": len(point)})
+        m = ffi.new("CK_MECHANISM *", {"mechanism": CKM.ECDH1_DERIVE, "pParameter": p,
+                                       "ulParameterLen": ffi.sizeof("CK_ECDH1_DERIVE_PARAMS")})
+        values = [ffi.new("char[]", v) for v in template.values()]
+        attrs = ffi.new("CK_ATTRIBUTE[]", [{"type": t, "pValue": v, "ulValueLen": len(raw_v)}
+                                           for (t, raw_v), v in zip(template.items(), values)])
+        out = ffi.new("CK_OBJECT_HANDLE *")
+        return lib.C_DeriveKey(h[0], m, base, attrs, len(template), out)
+    finally:
+        lib.C_CloseSession(h[0])
+
+
+def _ulong(value: int) -> bytes:
+    return value.to_bytes(8, "little")
+
+
+@pytest.mark.parametrize("template,kdf,expected", [
+    ({CKA.TOKEN: b"\x01"}, 1, CKR.TEMPLATE_INCONSISTENT),
+    ({CKA.CLASS: _ulong(2)}, 1, CKR.TEMPLATE_INCONSISTENT),  # CKO_PUBLIC_KEY
+    ({CKA.KEY_TYPE: _ulong(0)}, 1, CKR.TEMPLATE_INCONSISTENT),  # CKK_RSA
+    ({CKA.KEY_TYPE: _ulong(0x1f), CKA.VALUE_LEN: _ulong(20)}, 1, CKR.TEMPLATE_INCONSISTENT),  # AES
+    ({CKA.KEY_TYPE: _ulong(0x1f)}, 1, CKR.TEMPLATE_INCOMPLETE),
+    ({CKA.VALUE_LEN: _ulong(1 << 40)}, 6, CKR.TEMPLATE_INCONSISTENT),  # SHA256 KDF, huge
+    ({}, 6, CKR.TEMPLATE_INCOMPLETE),  # a KDF needs CKA_VALUE_LEN
+    ({CKA.MODULUS: b"\x01"}, 1, CKR.ATTRIBUTE_TYPE_INVALID),
+    ({CKA.SENSITIVE: b"\x02"}, 1, CKR.ATTRIBUTE_VALUE_INVALID),
+    ({CKA.TRUSTED: b"\x01"}, 1, CKR.ATTRIBUTE_READ_ONLY),
+    ({CKA.VALUE_LEN: _ulong(33)}, 1, CKR.TEMPLATE_INCONSISTENT),  # P-256's secret has 32
+])
+def test_derive_templates_the_module_refuses(session, raw, template, kdf, expected):
+    _, point = _peer(256)
+    assert _derive_rv(raw, _private(session, "ecdh256").handle, point, template, kdf) == expected
+
+
 def test_derived_keys_are_session_objects(lib, new_keys):
     _, point = _peer(256)
     token = lib.get_token(token_label="types")
@@ -464,5 +543,6 @@ def test_derived_keys_are_session_objects(lib, new_keys):
         with token.open() as second:
             assert handle in {o.handle for o in second.get_objects({Attribute.CLASS:
                                                                     ObjectClass.SECRET_KEY})}
-    with token.open() as third:
+    with token.open(user_pin="any") as third:  # logged in: private objects would show too
         assert handle not in {o.handle for o in third.get_objects()}
+        assert len(list(third.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY}))) > 0

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple, TypeVar
+from typing import TypeVar
 
 from _kms_pkcs11 import ffi
 
-from ..ck import CKM, CKR
-from ..core import access, derive, random
+from ..ck import CKR
+from ..core import access, derive, mechanisms, random
 from ..core import operations as ops
 from ..core.mechanisms import Kind
 from ..core.params import (
@@ -49,9 +49,6 @@ from .marshal import (
 
 T = TypeVar("T")
 
-PSS = (CKM.RSA_PKCS_PSS, CKM.SHA256_RSA_PKCS_PSS, CKM.SHA384_RSA_PKCS_PSS, CKM.SHA512_RSA_PKCS_PSS)
-
-
 def _pss(p: Struct) -> PssParams:
     return PssParams(int(p.hashAlg), int(p.mgf), int(p.sLen))
 
@@ -83,22 +80,14 @@ def _mac_length(p: Struct) -> MacLength:
     return MacLength(int(p[0]))
 
 
-class Parameter(NamedTuple):
-    struct: str  # the C structure
-    read: Callable[[Struct], Params]
-    optional: bool = False  # NULL allowed: the mechanism's default (pure EdDSA, ML-DSA)
-
-
-HMAC_GENERAL = (CKM.SHA224_HMAC_GENERAL, CKM.SHA256_HMAC_GENERAL, CKM.SHA384_HMAC_GENERAL,
-                CKM.SHA512_HMAC_GENERAL)
-PARAMETERS: dict[int, Parameter] = {
-    **{m: Parameter("CK_RSA_PKCS_PSS_PARAMS", _pss) for m in PSS},
-    CKM.RSA_PKCS_OAEP: Parameter("CK_RSA_PKCS_OAEP_PARAMS", _oaep),
-    CKM.EDDSA: Parameter("CK_EDDSA_PARAMS", _eddsa, optional=True),
-    CKM.ML_DSA: Parameter("CK_SIGN_ADDITIONAL_CONTEXT", _sign_context, optional=True),
-    **{m: Parameter("CK_ECDH1_DERIVE_PARAMS", _ecdh1)
-       for m in (CKM.ECDH1_DERIVE, CKM.ECDH1_COFACTOR_DERIVE)},
-    **{m: Parameter("CK_MAC_GENERAL_PARAMS", _mac_length) for m in HMAC_GENERAL},
+# A mechanism's parameter structure (core/mechanisms.py's registry names it) -> its reader
+READERS: dict[str, Callable[[Struct], Params]] = {
+    "CK_RSA_PKCS_PSS_PARAMS": _pss,
+    "CK_RSA_PKCS_OAEP_PARAMS": _oaep,
+    "CK_EDDSA_PARAMS": _eddsa,
+    "CK_SIGN_ADDITIONAL_CONTEXT": _sign_context,
+    "CK_ECDH1_DERIVE_PARAMS": _ecdh1,
+    "CK_MAC_GENERAL_PARAMS": _mac_length,
 }
 
 
@@ -107,17 +96,19 @@ def read_mechanism(pMechanism: CK_MECHANISM_PTR) -> MechanismArgs | None:
         return None
     m = read_struct(pMechanism, "CK_MECHANISM")
     mechanism, p, length = int(m.mechanism), m.pParameter, int(m.ulParameterLen)
-    known = PARAMETERS.get(mechanism)
-    if known is None:
+    offered = mechanisms.known(mechanism)
+    struct = offered.parameter if offered is not None else None
+    if struct is None:
         if p == NULL:
             return MechanismArgs(mechanism, None)
         return MechanismArgs(mechanism, read_bytes(p, length, MAX_PARAMETER,
                                                    CKR.MECHANISM_PARAM_INVALID))
-    if p == NULL and length == 0 and known.optional:
+    assert offered is not None
+    if p == NULL and length == 0 and offered.parameter_optional:
         return MechanismArgs(mechanism, None)
-    if p == NULL or length != ffi.sizeof(known.struct):
-        raise PKCS11Error(CKR.MECHANISM_PARAM_INVALID, f"{known.struct} expected")
-    return MechanismArgs(mechanism, known.read(read_struct(p, known.struct)))
+    if p == NULL or length != ffi.sizeof(struct):
+        raise PKCS11Error(CKR.MECHANISM_PARAM_INVALID, f"{struct} expected")
+    return MechanismArgs(mechanism, READERS[struct](read_struct(p, struct)))
 
 
 def _produce(output: ops.Output, out: CK_BYTE_PTR, out_len: CK_ULONG_PTR) -> None:

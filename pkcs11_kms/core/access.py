@@ -109,7 +109,10 @@ def copy_object(session_handle: int, handle: int, template: list[tuple[int, byte
     if attributes.get(CKA.PRIVATE) == pack(CKA.PRIVATE, True) and not s.token.logged_in:
         raise PKCS11Error(CKR.USER_NOT_LOGGED_IN, "only public objects can be made before C_Login")
     copy = replace(original, handle=new_handle(), attributes=attributes)
-    with module().lock:
+    m = module()
+    with m.lock:
+        if m.sessions.get(s.handle) is not s:  # closed by another thread meanwhile
+            raise PKCS11Error(CKR.SESSION_CLOSED, f"session {s.handle} closed meanwhile")
         s.token.session_objects[copy.handle] = (s.handle, copy)
     return copy.handle
 

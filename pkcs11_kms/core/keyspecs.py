@@ -38,9 +38,9 @@ class KeySpec:
     @property
     def mechanism_size(self) -> int:
         """What C_GetMechanismInfo's key sizes count: bits; bytes for a secret key (as its
-        CKA_VALUE_LEN); ML-DSA's parameter set (3.2)."""
+        CKA_VALUE_LEN) and for an ML-DSA public key (3.2)."""
         if self.family == kms_specs.ML_DSA:
-            return int(ML_DSA_PARAMETER_SETS[self.bits])
+            return ML_DSA_SIZES[self.bits][0]
         if self.family == kms_specs.HMAC:
             return self.bits // 8
         return self.bits

@@ -49,6 +49,8 @@ class Mechanism:
     start: Start | None  # None: the mechanism runs no sign/verify/encrypt/decrypt/digest
     key_specs: frozenset[str] | None = None  # None: every spec of key_type
     derive: Derive | None = None  # C_DeriveKey's
+    parameter: str | None = None  # the C structure of its CK_MECHANISM parameter (abi/ reads it)
+    parameter_optional: bool = False  # NULL means the mechanism's default
 
 
 _REGISTRY: tuple[Mechanism, ...] = ()  # in the order of C_GetMechanismList
@@ -60,6 +62,10 @@ def install(mechanisms: Sequence[Mechanism]) -> None:
     global _REGISTRY, _BY_NUMBER
     _REGISTRY = tuple(mechanisms)
     _BY_NUMBER = {int(m.mechanism): m for m in _REGISTRY}
+
+
+def known(mechanism: int) -> Mechanism | None:
+    return _BY_NUMBER.get(mechanism)
 
 
 def lookup(mechanism: int) -> Mechanism:

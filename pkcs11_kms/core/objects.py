@@ -180,9 +180,12 @@ def key_objects(identity: tuple, key: KmsKey, subject: bytes = b"") -> list[Toke
         shared |= {CKA.SUBJECT: subject, CKA.PUBLIC_KEY_INFO: key.spki}
     objects = []
     for cls, granted in KEY_USAGES[key.usage].objects.items():
+        own = shared
+        if cls != CKO.PUBLIC_KEY and key.spec.key_type == CKK.ML_DSA:  # its CKA_VALUE is secret
+            own = {t: v for t, v in shared.items() if t != CKA.VALUE}
         attrs: dict[int, object] = {
             **_common(cls, key.label, key.ckid),
-            **shared,
+            **own,
             **{int(c): c in granted for c in _CAPABILITIES[cls]},
             **_BY_CLASS[cls],
         }

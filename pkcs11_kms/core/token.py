@@ -14,7 +14,6 @@ from asn1crypto import pem, x509
 from ..config import KeyRef, TokenConfig
 from ..errors import PKCS11Error
 from ..kms import KmsError
-from ..kms import specs as kms_specs
 from ..kms.backend import KeyMetadata, KmsBackend, PublicKey
 from .keyspecs import supported
 from .kms_errors import failure
@@ -293,9 +292,6 @@ class Token:
                 ckid = hashlib.sha1(spki_public_key(c.cert.public_key.dump())).digest()
                 label = fit_label(c.cert.subject.native.get("common_name") or "certificate")
             cert_objects.append(certificate_object(self.identity, c.cert, label, ckid, category))
-        # RSA and EC keys first: libp11's engine stops at the first key type it does not know
-        # (docs/design.md, "Object order").
-        ordered = sorted(keys, key=lambda k: k.spec.family not in (kms_specs.RSA, kms_specs.EC))
-        key_objs = [o for k in ordered
+        key_objs = [o for k in keys
                     for o in key_objects(self.identity, k, subjects.get(k.key_id, b""))]
         return key_objs + cert_objects

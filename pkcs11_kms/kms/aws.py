@@ -18,8 +18,7 @@ from .backend import (Alias, Connection, KeyMetadata, KeyRead, KmsBackend, Publi
 from .errors import KmsError
 from .specs import (
     ECDH,
-    ED25519_SHA_512,
-    ML_DSA_SHAKE_256,
+    RAW_ONLY,
     digest_bytes,
     has_public_key,
     hash_class,
@@ -49,8 +48,6 @@ def deadline_for(connection: Connection) -> float:
     per_attempt = connection.connect_timeout + connection.read_timeout
     return attempts * per_attempt + backoff + _SLACK
 
-
-RAW_ONLY = (ED25519_SHA_512, ML_DSA_SHAKE_256)  # signed over the message: no DIGEST
 
 class AwsKms(KmsBackend):
     """KMS at one Connection. Thread-safe: every call runs on the KMS loop (loop.py)."""
@@ -218,7 +215,8 @@ class AwsKms(KmsBackend):
             self._public_keys[public.arn] = public  # by ARN: an alias may be re-pointed
             return public
 
-        return self._batch("GetPublicKey", self._each(one, keys), len(keys))
+        # two requests for a key without a public key (HMAC): GetPublicKey, then DescribeKey
+        return self._batch("GetPublicKey", self._each(one, keys), 2 * len(keys))
 
     async def _each(self, one: Callable[[T], Awaitable[R]], items: Sequence[T]) -> list[R]:
         """one(item) for every item, _IN_FLIGHT at a time; the first exception cancels the rest."""

@@ -28,6 +28,8 @@ ED25519_SHA_512 = "ED25519_SHA_512"  # pure Ed25519 (RFC 8032), MessageType RAW 
 ED25519_PH_SHA_512 = "ED25519_PH_SHA_512"  # Ed25519ph, MessageType DIGEST: the SHA-512 of the message
 ML_DSA_SHAKE_256 = "ML_DSA_SHAKE_256"  # FIPS 204 pure ML-DSA, empty context: RAW or EXTERNAL_MU
 ECDH = "ECDH"  # DeriveSharedSecret's only KeyAgreementAlgorithm: the raw shared x-coordinate
+# Signed over the message itself (MessageType RAW; ML-DSA also EXTERNAL_MU), never over a digest
+RAW_ONLY = (ED25519_SHA_512, ML_DSA_SHAKE_256)
 
 # KeyUsage values.
 SIGN_VERIFY, ENCRYPT_DECRYPT = "SIGN_VERIFY", "ENCRYPT_DECRYPT"

@@ -84,6 +84,7 @@ FLAGS = CKF.DERIVE | CKF.EC_F_P | CKF.EC_NAMEDCURVE | CKF.EC_UNCOMPRESS | CKF.EC
 # The NIST curves' cofactor is 1: cofactor ECDH is plain ECDH on them (pkcs11-provider asks for it
 # in its cofactor mode).
 MECHANISMS = tuple(
-    Mechanism(m, CKK.EC, FLAGS, KEY_AGREEMENT, None, derive=derive)
+    Mechanism(m, CKK.EC, FLAGS, KEY_AGREEMENT, None, derive=derive,
+              parameter="CK_ECDH1_DERIVE_PARAMS")
     for m in (CKM.ECDH1_DERIVE, CKM.ECDH1_COFACTOR_DERIVE)
 )

@@ -86,7 +86,8 @@ assert set(_MECHANISMS) == {s.name for s in KEY_SPECS.values() if s.family == HM
 
 MECHANISMS = tuple(
     Mechanism(mechanism, CKK.GENERIC_SECRET, CKF.SIGN | CKF.VERIFY, GENERATE_VERIFY_MAC,
-              _start(spec, general), key_specs=frozenset({spec}))
+              _start(spec, general), key_specs=frozenset({spec}),
+              parameter="CK_MAC_GENERAL_PARAMS" if general else None)
     for spec, pair in _MECHANISMS.items()
     for mechanism, general in zip(pair, (False, True), strict=True)
 )

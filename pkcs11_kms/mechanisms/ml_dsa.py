@@ -69,7 +69,8 @@ def _start(kind: Kind, use: KeyUse | None, args: MechanismArgs) -> MlDsa:
     if p is not None:
         if not isinstance(p, SignContext):
             raise PKCS11Error(CKR.MECHANISM_PARAM_INVALID, "CK_SIGN_ADDITIONAL_CONTEXT expected")
-        if p.hedge not in (HEDGE_PREFERRED, HEDGE_REQUIRED):
+        if kind == Kind.SIGN and p.hedge not in (HEDGE_PREFERRED, HEDGE_REQUIRED):
+            # on verification the hedge is ignored (3.2)
             raise PKCS11Error(CKR.MECHANISM_PARAM_INVALID, "KMS signs ML-DSA hedged only")
         if p.context:
             raise PKCS11Error(CKR.MECHANISM_PARAM_INVALID, "KMS signs ML-DSA without a context")
@@ -77,5 +78,6 @@ def _start(kind: Kind, use: KeyUse | None, args: MechanismArgs) -> MlDsa:
 
 
 MECHANISMS = (
-    Mechanism(CKM.ML_DSA, CKK.ML_DSA, CKF.SIGN | CKF.VERIFY, SIGN_VERIFY, _start),
+    Mechanism(CKM.ML_DSA, CKK.ML_DSA, CKF.SIGN | CKF.VERIFY, SIGN_VERIFY, _start,
+              parameter="CK_SIGN_ADDITIONAL_CONTEXT", parameter_optional=True),
 )

@@ -83,5 +83,6 @@ def _start(kind: Kind, use: KeyUse | None, args: MechanismArgs) -> Oaep:
 
 
 MECHANISMS = (
-    Mechanism(CKM.RSA_PKCS_OAEP, CKK.RSA, CKF.ENCRYPT | CKF.DECRYPT, "ENCRYPT_DECRYPT", _start),
+    Mechanism(CKM.RSA_PKCS_OAEP, CKK.RSA, CKF.ENCRYPT | CKF.DECRYPT, "ENCRYPT_DECRYPT", _start,
+              parameter="CK_RSA_PKCS_OAEP_PARAMS"),
 )

@@ -57,8 +57,7 @@ def _start(required: CKM | None) -> Start:
 
 FLAGS = CKF.SIGN | CKF.VERIFY
 MECHANISMS = (
-    Mechanism(CKM.RSA_PKCS_PSS, CKK.RSA, FLAGS, "SIGN_VERIFY", _start(None)),
-    Mechanism(CKM.SHA256_RSA_PKCS_PSS, CKK.RSA, FLAGS, "SIGN_VERIFY", _start(CKM.SHA256)),
-    Mechanism(CKM.SHA384_RSA_PKCS_PSS, CKK.RSA, FLAGS, "SIGN_VERIFY", _start(CKM.SHA384)),
-    Mechanism(CKM.SHA512_RSA_PKCS_PSS, CKK.RSA, FLAGS, "SIGN_VERIFY", _start(CKM.SHA512)),
+    Mechanism(m, CKK.RSA, FLAGS, "SIGN_VERIFY", _start(h), parameter="CK_RSA_PKCS_PSS_PARAMS")
+    for m, h in ((CKM.RSA_PKCS_PSS, None), (CKM.SHA256_RSA_PKCS_PSS, CKM.SHA256),
+                 (CKM.SHA384_RSA_PKCS_PSS, CKM.SHA384), (CKM.SHA512_RSA_PKCS_PSS, CKM.SHA512))
 )

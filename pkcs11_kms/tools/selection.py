@@ -6,6 +6,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
+from .. import mechanisms  # noqa: F401 - installs the registry: objects as the module makes them
 from ..ck import CKA
 from ..config import Config, TokenConfig
 from ..core.objects import KmsKey
