@@ -89,14 +89,7 @@ class AwsKms(KmsBackend):
         return {t["TagKey"]: t["TagValue"] for t in tags}
 
     def sign(self, key: str, message: bytes, message_type: str, algorithm: str) -> bytes:
-        answer = self._call(
-            "Sign",
-            key,
-            KeyId=key,
-            Message=message,
-            MessageType=message_type,
-            SigningAlgorithm=algorithm,
-        )
+        answer = self._call("Sign", key, **_sign_request(key, message, message_type, algorithm))
         return bytes(answer["Signature"])
 
     def verify(
@@ -295,14 +288,7 @@ class AwsKms(KmsBackend):
         else:
             hash_ = hash_of(algorithm)
             message, message_type = bytes(digest_bytes(hash_) if hash_ else 32), "DIGEST"
-        return self._dry_run(
-            "Sign",
-            key,
-            KeyId=key,
-            Message=message,
-            MessageType=message_type,
-            SigningAlgorithm=algorithm,
-        )
+        return self._dry_run("Sign", key, **_sign_request(key, message, message_type, algorithm))
 
     def dry_run_mac(self, key: str, algorithm: str) -> bool:
         """Like dry_run_sign, for GenerateMac."""
@@ -503,6 +489,12 @@ def _session(profile: str | None) -> Any:
                          profile=profile)
     session.register_component("data_loader", loader)
     return session
+
+
+def _sign_request(key: str, message: bytes, message_type: str, algorithm: str
+                  ) -> dict[str, Any]:
+    return {"KeyId": key, "Message": message, "MessageType": message_type,
+            "SigningAlgorithm": algorithm}
 
 
 def _key_arn(key: str) -> str:
