@@ -1301,7 +1301,11 @@ static void fuzz_call(int f)
         fail_if_ok("CKR_OK while not initialized");
 
     switch (f) {
-    case I_C_GetInfo: CALL(C_GetInfo, out_struct(sizeof(CK_INFO))); break;
+    case I_C_GetInfo: {
+        void *info = out_struct(sizeof(CK_INFO)); /* described before CALL begins the line */
+        CALL(C_GetInfo, info);
+        break;
+    }
     case I_C_GetSlotList: {
         CK_BBOOL present = (CK_BBOOL)(chance(80) ? rnd(2) : rnd(256));
         desc_add("present=%d ", present);
@@ -1312,13 +1316,15 @@ static void fuzz_call(int f)
     case I_C_GetSlotInfo: {
         CK_SLOT_ID s = slot();
         desc_add(" ");
-        CALL(C_GetSlotInfo, s, out_struct(sizeof(CK_SLOT_INFO)));
+        void *info = out_struct(sizeof(CK_SLOT_INFO));
+        CALL(C_GetSlotInfo, s, info);
         break;
     }
     case I_C_GetTokenInfo: {
         CK_SLOT_ID s = slot();
         desc_add(" ");
-        CALL(C_GetTokenInfo, s, out_struct(sizeof(CK_TOKEN_INFO)));
+        void *info = out_struct(sizeof(CK_TOKEN_INFO));
+        CALL(C_GetTokenInfo, s, info);
         break;
     }
     case I_C_GetMechanismList: {
@@ -1332,7 +1338,8 @@ static void fuzz_call(int f)
         CK_SLOT_ID s = slot();
         CK_MECHANISM_TYPE t = mech_type();
         desc_add(" type=0x%lx ", t);
-        CALL(C_GetMechanismInfo, s, t, out_struct(sizeof(CK_MECHANISM_INFO)));
+        void *info = out_struct(sizeof(CK_MECHANISM_INFO));
+        CALL(C_GetMechanismInfo, s, t, info);
         break;
     }
     case I_C_InitToken: {
@@ -1397,7 +1404,8 @@ static void fuzz_call(int f)
     case I_C_GetSessionInfo:
         h = session();
         desc_add(" ");
-        CALL(C_GetSessionInfo, h, out_struct(sizeof(CK_SESSION_INFO)));
+        void *info = out_struct(sizeof(CK_SESSION_INFO));
+        CALL(C_GetSessionInfo, h, info);
         break;
     case I_C_GetOperationState:
         h = prepared_session(init_of(f));
