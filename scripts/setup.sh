@@ -11,10 +11,12 @@ cd "$(dirname "$0")/.."
 # (pkcs11-tool, pkcs11-spy), gnutls-bin (p11tool, certtool, gnutls-serv/cli), libnss3-tools
 # (modutil, certutil, selfserv, tstclnt), firefox-esr, p11-kit (its proxy module), a JDK (keytool,
 # jarsigner), openssh-client and openssh-server, nginx, osslsigncode, softhsm2 (a second, ordinary
-# module), python3-pykcs11 (Debian's own Python as a host), strace.
+# module, and bench/run.py's reference), python3-pykcs11 (Debian's own Python as a host), strace,
+# time (GNU time: bench/run.py's peak RSS).
 PACKAGES=(
   gcc libc6-dev python3-dev python3-venv openssl libengine-pkcs11-openssl curl opensc gnutls-bin libnss3-tools
   firefox-esr p11-kit openssh-client openssh-server nginx osslsigncode softhsm2 python3-pykcs11 strace
+  time
 )
 
 # What differs between the releases: the JDK, and where pkcs11-provider comes from (bookworm has it
