@@ -42,6 +42,9 @@ class Connection:
     retry_mode: str = "standard"  # botocore retry mode: standard | adaptive | legacy
     # http:// to a host that is not loopback (docs/security.md, "Transport")
     allow_insecure_http: bool = False
+    # The key cache (kms/keycache.py): on, and how long a named key's cached answer is used
+    key_cache: bool = True
+    key_cache_ttl: float = 300.0  # seconds
 
 
 @dataclass(frozen=True)
@@ -281,6 +284,8 @@ _SETTINGS: dict[str, _Setting] = {
     "endpoint_url": _Setting((str,), _C.endpoint_url, BOTH, _url),
     "ca_bundle": _Setting((str,), _C.ca_bundle, BOTH, _readable_file),
     "allow_insecure_http": _Setting((bool,), _C.allow_insecure_http, BOTH),
+    "key_cache": _Setting((bool,), _C.key_cache, BOTH),
+    "key_cache_ttl": _Setting((int, float), _C.key_cache_ttl, BOTH, _interval),
     "connect_timeout": _Setting((int, float), _C.connect_timeout, BOTH, _positive),
     "read_timeout": _Setting((int, float), _C.read_timeout, BOTH, _positive),
     "max_attempts": _Setting((int,), _C.max_attempts, BOTH, _at_least_one),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 from hosts import build_c_host
@@ -20,6 +21,8 @@ for _name, _value in {
     os.environ[_name] = _value
 for _name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_KMS", "PKCS11_KMS_CONFIG"):
     os.environ.pop(_name, None)
+# The key cache of every test process and host it starts: the session's own, never ~/.cache.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="pkcs11-kms-test-cache-")
 
 @pytest.fixture(scope="session")
 def kms_server():

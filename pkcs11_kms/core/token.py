@@ -82,13 +82,21 @@ def log_skipped(skipped: Skipped, before: Skipped | None = None) -> None:
             log.log(level, "skipping %s: %s", where, why)
 
 
+# Whether this process has read its keys once: later reads (a refresh, C_Initialize again) ask
+# KMS; only the first may take the key cache's answers (kms/keycache.py).
+_read_once = False
+
+
 def named_keys(backend: KmsBackend, refs: tuple[KeyRef, ...], skipped: Skipped | None = None
                ) -> list[KmsKey]:
     """Keys named in the config: GetPublicKey only (no List* permission needed), concurrently.
     A key KMS refuses is left out; a device failure raises KmsError."""
     found = []
     left_out: Skipped = {} if skipped is None else skipped
-    for ref, answer in zip(refs, backend.public_keys([ref.key for ref in refs]), strict=True):
+    global _read_once
+    answers = backend.public_keys([ref.key for ref in refs], cached=not _read_once)
+    _read_once = True
+    for ref, answer in zip(refs, answers, strict=True):
         if isinstance(answer, KmsError):
             _refused(left_out, ref.key, answer)
         elif not supported(answer.key_spec, answer.key_usage):

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from .. import logs, trust
 from ..config import insecure_http
-from . import loop
+from . import keycache, loop
 from .backend import (Alias, Connection, KeyMetadata, KeyRead, KmsBackend, PublicKey, Wanted,
                       refuses_the_key)
 from .errors import KmsError
@@ -61,6 +61,7 @@ class AwsKms(KmsBackend):
         # until C_Finalize. Batches fill it by key ARN (a key's public key never changes) and
         # never read it by alias (an alias may be re-pointed).
         self._public_keys: dict[str, PublicKey] = {}
+        self._cache = keycache.for_connection(connection)  # across processes (keycache.py)
 
     # -- the KmsBackend calls -----------------------------------------------------------------
 
@@ -177,6 +178,10 @@ class AwsKms(KmsBackend):
                     if not wanted(meta, tags):
                         return KeyRead(key, meta, tags)
                 public = self._public_keys.get(meta.arn)
+                if public is None and self._cache is not None:
+                    public = self._cache.by_arn(meta.arn)  # a key's public key never changes
+                    if public is not None:
+                        self._public_keys[meta.arn] = public
                 if public is None and not has_public_key(meta.key_spec):
                     public = _without_public_key(meta)
                 elif public is None:
@@ -188,9 +193,25 @@ class AwsKms(KmsBackend):
                     raise
                 return KeyRead(key, error=e)
 
-        return self._batch("DescribeKey", self._each(one, keys), 3 * len(keys))
+        reads: list[KeyRead] = self._batch("DescribeKey", self._each(one, keys), 3 * len(keys))
+        if self._cache is not None:
+            self._cache.remember([(None, r.public_key) for r in reads
+                                  if r.public_key is not None and r.public_key.der])
+        return reads
 
-    def public_keys(self, keys: Sequence[str]) -> list[PublicKey | KmsError]:
+    def public_keys(self, keys: Sequence[str], cached: bool = False
+                    ) -> list[PublicKey | KmsError]:
+        if cached and self._cache is not None:
+            found = [self._cache.lookup(key) for key in keys]
+            if all(found):  # every key read within key_cache_ttl: KMS is not asked at all
+                return [p for p in found if p is not None]
+        answers = self._read_public_keys(keys)
+        if self._cache is not None:
+            self._cache.remember([(k, a) for k, a in zip(keys, answers, strict=True)
+                                  if isinstance(a, PublicKey)])
+        return answers
+
+    def _read_public_keys(self, keys: Sequence[str]) -> list[PublicKey | KmsError]:
         async def one(key: str) -> PublicKey | KmsError:
             try:
                 try:
@@ -237,7 +258,7 @@ class AwsKms(KmsBackend):
             async with asyncio.timeout(self.deadline):
                 return await self._request(operation, params)
         except Exception as exc:  # CancelledError (the batch ends) is not an Exception
-            raise _translate(exc, operation, key) from None
+            raise self._failed(exc, operation, key) from None
 
     async def _pages_async(self, operation: str, key: str | None, field: str, **params: Any
                            ) -> list[Any]:
@@ -352,7 +373,14 @@ class AwsKms(KmsBackend):
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # asyncio.CancelledError is a BaseException
-            raise _translate(exc, operation, key) from None
+            raise self._failed(exc, operation, key) from None
+
+    def _failed(self, exc: BaseException, operation: str, key: str | None) -> KmsError:
+        """The KmsError of a failed request; KMS refusing a key also drops it from the cache."""
+        error = _translate(exc, operation, key)
+        if key is not None and self._cache is not None and refuses_the_key(error):
+            self._cache.forget(key)
+        return error
 
     async def _request(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
         client = await self._client()
@@ -596,6 +624,9 @@ class Backends:
     def renew_lock(self) -> None:
         """After fork, in the child (see core.module)."""
         self._lock = threading.Lock()
+        for backend in self._by_connection.values():
+            if backend._cache is not None:
+                backend._cache.renew_lock()
 
     def __call__(self, connection: Connection) -> KmsBackend:
         with self._lock:

@@ -107,8 +107,10 @@ class KmsBackend(Protocol):
                 out.append(KeyRead(key, error=e))
         return out
 
-    def public_keys(self, keys: Sequence[str]) -> list[PublicKey | KmsError]:
-        """GetPublicKey of each key (never from a cache: the key may have changed)."""
+    def public_keys(self, keys: Sequence[str], cached: bool = False
+                    ) -> list[PublicKey | KmsError]:
+        """GetPublicKey of each key, or KMS's refusal; `cached`: the key cache may answer for
+        keys read within key_cache_ttl (kms/keycache.py). This default asks KMS every time."""
         out: list[PublicKey | KmsError] = []
         for key in keys:
             try:
