@@ -1,7 +1,7 @@
 """The key cache (kms/keycache.py, docs/design.md "Key cache"): a new process lists the keys a
 config names without asking KMS, within key_cache_ttl; the file is 0600 in a 0700 directory and
-not read when another user could change it; KMS refusing a key drops it; key_cache = false turns
-it off. KMS being asked is observed with the emulator's fault injection: GetPublicKey and
+not read when another user could change it; KMS refusing a key drops it; it is on only with
+key_cache = true. KMS being asked is observed with the emulator's fault injection: GetPublicKey and
 DescribeKey fail, so a key listed anyway came from the cache. Through pkcs11-tool (C host)."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def keys(kms_server):
             "other": seed_key(client, None, "RSA_2048", "SIGN_VERIFY")}
 
 
-def _config(tmp_path, kms_server, keys, extra: str = "") -> str:
+def _config(tmp_path, kms_server, keys, extra: str = "key_cache = true\n") -> str:
     return write_config(tmp_path / "c.toml", kms_server, f"{extra}[[token]]\nlabel = \"cached\"\n"
                         f'keys = ["alias/cache-sign", "{keys["other"].arn}"]\n')
 
@@ -61,7 +61,7 @@ def test_a_new_process_lists_named_keys_from_the_cache(tmp_path, kms_server, key
 
 
 def test_without_the_cache_kms_is_asked(tmp_path, kms_server, keys, module_path):
-    for n, extra in enumerate(("key_cache = false\n", "key_cache_ttl = 0\n")):
+    for n, extra in enumerate(("", "key_cache = true\nkey_cache_ttl = 0\n")):  # off by default
         cache = tmp_path / f"cache{n}"
         config = _config(tmp_path, kms_server, keys, extra)
         assert _list(config, str(cache), module_path)[0] == 2
@@ -71,7 +71,7 @@ def test_without_the_cache_kms_is_asked(tmp_path, kms_server, keys, module_path)
         finally:
             kms_server.clear_faults()
         assert listed == 0, extra
-    assert not (tmp_path / "cache0").exists()  # key_cache = false writes nothing
+    assert not (tmp_path / "cache0").exists()  # without key_cache = true nothing is written
 
 
 def test_a_cache_another_user_could_change_is_not_read(tmp_path, kms_server, keys, module_path):
@@ -96,7 +96,8 @@ def test_kms_refusing_a_key_drops_it_from_the_cache(tmp_path, kms_server, module
     key = seed_key(client, "cache-gone", "ECC_NIST_P256", "SIGN_VERIFY")
     cache = tmp_path / "cache"
     config = write_config(tmp_path / "c.toml", kms_server,
-                          '[[token]]\nlabel = "cached"\nkeys = ["alias/cache-gone"]\n')
+                          'key_cache = true\n[[token]]\nlabel = "cached"\n'
+                          'keys = ["alias/cache-gone"]\n')
     assert _list(config, str(cache), module_path)[0] == 1
     client.disable_key(KeyId=key.key_id)
     assert _list(config, str(cache), module_path)[0] == 1  # the cache's answer, within the TTL
