@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hmac
 import os
+from contextlib import contextmanager
 
 import pkcs11
 import pytest
@@ -66,25 +67,33 @@ def _private(session, label):
     return session.get_key(ObjectClass.PRIVATE_KEY, label=label)
 
 
+@contextmanager
+def _raw_session(raw):
+    """A session of the raw client, closed afterwards: its handle."""
+    ffi, lib = raw
+    handle = ffi.new("CK_SESSION_HANDLE *")
+    assert lib.C_OpenSession(0, 4, ffi.NULL, ffi.NULL, handle) == 0  # CKF_SERIAL_SESSION
+    try:
+        yield handle[0]
+    finally:
+        lib.C_CloseSession(handle[0])
+
+
 def _raw_sign(raw, handle: int, mechanism: int, params, data: bytes) -> tuple[int, bytes]:
     """C_SignInit with a parameter structure (or None), then C_Sign: (CK_RV, signature)."""
     ffi, lib = raw
-    session = ffi.new("CK_SESSION_HANDLE *")
-    assert lib.C_OpenSession(0, 4, ffi.NULL, ffi.NULL, session) == 0
-    try:
+    with _raw_session(raw) as s:
         m = ffi.new("CK_MECHANISM *")
         m.mechanism = mechanism
         if params is not None:
             m.pParameter, m.ulParameterLen = params, ffi.sizeof(ffi.typeof(params).item)
-        rv = lib.C_SignInit(session[0], m, handle)
+        rv = lib.C_SignInit(s, m, handle)
         if rv:
             return rv, b""
         out = ffi.new("char[]", 8192)
         n = ffi.new("CK_ULONG *", 8192)
-        rv = lib.C_Sign(session[0], data, len(data), out, n)
+        rv = lib.C_Sign(s, data, len(data), out, n)
         return rv, ffi.buffer(out, n[0])[:] if rv == 0 else b""
-    finally:
-        lib.C_CloseSession(session[0])
 
 
 def _allowed(raw, handle: int) -> list[int]:
@@ -192,14 +201,10 @@ def test_ml_dsa_objects_have_the_3_2_attributes(session, raw, new_keys, spec):
 
 def _attribute_rv(raw, handle: int, attribute: int) -> int:
     ffi, lib = raw
-    session = ffi.new("CK_SESSION_HANDLE *")
-    assert lib.C_OpenSession(0, 4, ffi.NULL, ffi.NULL, session) == 0
-    try:
+    with _raw_session(raw) as s:
         t = ffi.new("CK_ATTRIBUTE *")
         t.type = attribute
-        return lib.C_GetAttributeValue(session[0], handle, t, 1)
-    finally:
-        lib.C_CloseSession(session[0])
+        return lib.C_GetAttributeValue(s, handle, t, 1)
 
 
 def _ml_dsa_public(new_keys, name):
@@ -245,13 +250,9 @@ def test_ml_dsa_verification_ignores_the_hedge(session, raw):
     p = ffi.new("CK_SIGN_ADDITIONAL_CONTEXT *", {"hedgeVariant": 2})  # deterministic required
     m = ffi.new("CK_MECHANISM *", {"mechanism": CKM.ML_DSA, "pParameter": p,
                                    "ulParameterLen": ffi.sizeof("CK_SIGN_ADDITIONAL_CONTEXT")})
-    h = ffi.new("CK_SESSION_HANDLE *")
-    assert lib.C_OpenSession(0, 4, ffi.NULL, ffi.NULL, h) == 0
-    try:
-        assert lib.C_VerifyInit(h[0], m, public.handle) == CKR.OK
-        assert lib.C_Verify(h[0], b"message", 7, signature, len(signature)) == CKR.OK
-    finally:
-        lib.C_CloseSession(h[0])
+    with _raw_session(raw) as s:
+        assert lib.C_VerifyInit(s, m, public.handle) == CKR.OK
+        assert lib.C_Verify(s, b"message", 7, signature, len(signature)) == CKR.OK
 
 
 def test_ml_dsa_private_key_value_is_not_the_public_key(session, raw, new_keys):
@@ -348,16 +349,12 @@ def test_hmac_general_verifies_the_leading_bytes(session, raw):
     assert rv == CKR.OK and len(mac) == 16
     m = ffi.new("CK_MECHANISM *", {"mechanism": CKM.SHA256_HMAC_GENERAL, "pParameter": length,
                                    "ulParameterLen": ffi.sizeof("CK_MAC_GENERAL_PARAMS")})
-    h = ffi.new("CK_SESSION_HANDLE *")
-    assert lib.C_OpenSession(0, 4, ffi.NULL, ffi.NULL, h) == 0
-    try:
+    with _raw_session(raw) as s:
         for candidate, expected in ((mac, CKR.OK), (mac[:-1] + bytes([mac[-1] ^ 1]),
                                                     CKR.SIGNATURE_INVALID),
                                     (mac[:15], CKR.SIGNATURE_LEN_RANGE)):
-            assert lib.C_VerifyInit(h[0], m, key.handle) == CKR.OK
-            assert lib.C_Verify(h[0], b"general", 7, candidate, len(candidate)) == expected
-    finally:
-        lib.C_CloseSession(h[0])
+            assert lib.C_VerifyInit(s, m, key.handle) == CKR.OK
+            assert lib.C_Verify(s, b"general", 7, candidate, len(candidate)) == expected
 
 
 def test_hmac_refuses_what_kms_cannot_mac(session, raw):
@@ -388,26 +385,22 @@ def _raw_derive(raw, base: int, point: bytes, value: list | None = None) -> int:
     """C_DeriveKey with CKD_NULL and an empty template, as libp11 derives: its CK_RV; `value`
     gets the derived key's CKA_VALUE, read in the same session."""
     ffi, lib = raw
-    session = ffi.new("CK_SESSION_HANDLE *")
-    assert lib.C_OpenSession(0, 4, ffi.NULL, ffi.NULL, session) == 0
-    try:
+    with _raw_session(raw) as s:
         data = ffi.new("char[]", point)
         p = ffi.new("CK_ECDH1_DERIVE_PARAMS *", {"kdf": 1, "pPublicData": data,
                                                   "ulPublicDataLen": len(point)})
         m = ffi.new("CK_MECHANISM *", {"mechanism": CKM.ECDH1_DERIVE, "pParameter": p,
                                        "ulParameterLen": ffi.sizeof("CK_ECDH1_DERIVE_PARAMS")})
         out = ffi.new("CK_OBJECT_HANDLE *")
-        rv = lib.C_DeriveKey(session[0], m, base, ffi.NULL, 0, out)
+        rv = lib.C_DeriveKey(s, m, base, ffi.NULL, 0, out)
         if rv == CKR.OK and value is not None:
             t = ffi.new("CK_ATTRIBUTE *", {"type": CKA.VALUE})
-            assert lib.C_GetAttributeValue(session[0], out[0], t, 1) == CKR.OK
+            assert lib.C_GetAttributeValue(s, out[0], t, 1) == CKR.OK
             buf = ffi.new("char[]", t.ulValueLen)
             t.pValue = buf
-            assert lib.C_GetAttributeValue(session[0], out[0], t, 1) == CKR.OK
+            assert lib.C_GetAttributeValue(s, out[0], t, 1) == CKR.OK
             value.append(ffi.buffer(buf, t.ulValueLen)[:])
         return rv
-    finally:
-        lib.C_CloseSession(session[0])
 
 
 def _expected_secret(new_keys, curve: int, peer) -> bytes:
@@ -431,7 +424,8 @@ def test_ecdh_null_kdf_gives_the_shared_secret(session, new_keys, curve):
         KeyType.GENERIC_SECRET, field * 8, mechanism=Mechanism.ECDH1_DERIVE,
         mechanism_param=(pkcs11.KDF.NULL, None, point), template=EXTRACTABLE)
     assert derived[Attribute.VALUE] == _expected_secret(new_keys, curve, peer)
-    assert derived[Attribute.VALUE_LEN] == field and derived[Attribute.CLASS] == ObjectClass.SECRET_KEY
+    assert derived[Attribute.VALUE_LEN] == field
+    assert derived[Attribute.CLASS] == ObjectClass.SECRET_KEY
 
 
 @pytest.mark.parametrize("kdf,hash_", [(pkcs11.KDF.SHA256, hashes.SHA256),
@@ -492,9 +486,7 @@ def test_ecdh_refuses_bad_public_data_and_other_keys(session, raw):
 
 def _derive_rv(raw, base: int, point: bytes, template: dict[int, bytes], kdf: int = 1) -> int:
     ffi, lib = raw
-    h = ffi.new("CK_SESSION_HANDLE *")
-    assert lib.C_OpenSession(0, 4, ffi.NULL, ffi.NULL, h) == 0
-    try:
+    with _raw_session(raw) as s:
         data = ffi.new("char[]", point)
         p = ffi.new("CK_ECDH1_DERIVE_PARAMS *", {"kdf": kdf, "pPublicData": data,
                                                   "ulPublicDataLen": len(point)})
@@ -504,9 +496,7 @@ def _derive_rv(raw, base: int, point: bytes, template: dict[int, bytes], kdf: in
         attrs = ffi.new("CK_ATTRIBUTE[]", [{"type": t, "pValue": v, "ulValueLen": len(raw_v)}
                                            for (t, raw_v), v in zip(template.items(), values)])
         out = ffi.new("CK_OBJECT_HANDLE *")
-        return lib.C_DeriveKey(h[0], m, base, attrs, len(template), out)
-    finally:
-        lib.C_CloseSession(h[0])
+        return lib.C_DeriveKey(s, m, base, attrs, len(template), out)
 
 
 def _ulong(value: int) -> bytes:
