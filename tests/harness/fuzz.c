@@ -375,19 +375,22 @@ static void setup_memory(void)
     if (p == MAP_FAILED || mprotect(p + PAGE, PAGE, PROT_NONE) != 0)
         exit(2);
     ro_page = p;
-    unmapped = mmap(NULL, PAGE, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    munmap(unmapped, PAGE);
+    /* Inaccessible, and kept so: a page given back with munmap() can be mapped again by the
+       module's own allocations (it was, on Debian 13), and a write there then succeeds. */
+    unmapped = mmap(NULL, PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (unmapped == MAP_FAILED)
+        exit(2);
 }
 
-/* Unmapped or non-canonical addresses. */
+/* Unmapped, inaccessible or non-canonical addresses. */
 static void *wild(const char **label)
 {
     switch (rnd(6)) {
     case 0: *label = "wild:1"; return (void *)1;
     case 1: *label = "wild:0xdeadbeef"; return (void *)0xdeadbeefUL;
     case 2: *label = "wild:-1"; return (void *)-1L;
-    case 3: *label = "wild:munmapped"; return unmapped;
-    case 4: *label = "wild:munmapped+17"; return unmapped + 17;
+    case 3: *label = "wild:noaccess"; return unmapped;
+    case 4: *label = "wild:noaccess+17"; return unmapped + 17;
     default: *label = "wild:noncanonical"; return (void *)0x8000000000001000UL;
     }
 }
