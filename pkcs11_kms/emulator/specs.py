@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from ..kms import specs as kms_specs
 from ..kms.specs import (
@@ -16,6 +15,7 @@ from ..kms.specs import (
     RSASSA_PSS,
     SIGNING_HASHES,
     algorithm_name,
+    curve_class,
     digest_bytes,
     hash_class,
 )
@@ -100,8 +100,7 @@ def _served(spec: kms_specs.KeySpec) -> KeySpec:
                        spec.encryption_algorithms, oaep_limits=limits)
     if spec.family == kms_specs.EC:
         assert spec.curve is not None
-        curve = getattr(ec, spec.curve.upper())  # secp256r1 -> ec.SECP256R1
-        return KeySpec(spec.family, curve, usages, spec.signing_algorithms,
+        return KeySpec(spec.family, curve_class(spec.curve), usages, spec.signing_algorithms,
                        key_agreement=spec.key_agreement_algorithms)
     params = spec.bits if spec.family == kms_specs.ML_DSA else None
     return KeySpec(spec.family, params, usages, spec.signing_algorithms)

@@ -19,6 +19,7 @@ from .errors import KmsError
 from .specs import (
     ECDH,
     RAW_ONLY,
+    curve_class,
     digest_bytes,
     has_public_key,
     hash_class,
@@ -321,7 +322,7 @@ class AwsKms(KmsBackend):
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric import ec
 
-        peer = ec.generate_private_key(getattr(ec, curve.upper())()).public_key()
+        peer = ec.generate_private_key(curve_class(curve)()).public_key()
         der = peer.public_bytes(serialization.Encoding.DER,
                                 serialization.PublicFormat.SubjectPublicKeyInfo)
         return self._dry_run("DeriveSharedSecret", key, KeyId=key, KeyAgreementAlgorithm=ECDH,

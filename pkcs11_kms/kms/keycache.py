@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -151,6 +150,8 @@ class KeyCache:
 
     def _write(self) -> None:
         """Atomically: a temporary file in the same directory, 0600, then rename."""
+        import tempfile  # here: importing the backend stays light
+
         data = json.dumps({"version": VERSION, "keys": self._keys, "refs": self._refs})
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

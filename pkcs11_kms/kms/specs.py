@@ -71,6 +71,13 @@ def hash_class(hash_: str) -> Any:
     return getattr(hashes, hashlib_name(hash_).upper())
 
 
+def curve_class(curve: str) -> Any:
+    """secp256r1 -> cryptography's ec.SECP256R1 (cryptography imported when first asked)."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return getattr(ec, curve.upper())
+
+
 RSA_SIGNING = tuple(
     algorithm_name(scheme, h) for scheme in (RSASSA_PKCS1_V1_5, RSASSA_PSS) for h in SIGNING_HASHES
 )

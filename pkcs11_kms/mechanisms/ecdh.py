@@ -22,7 +22,7 @@ from ..core.mechanisms import Mechanism
 from ..core.operations import KeyUse
 from ..core.params import Ecdh1Params, MechanismArgs
 from ..errors import PKCS11Error
-from ..kms.specs import KEY_AGREEMENT
+from ..kms.specs import KEY_AGREEMENT, curve_class
 
 # CKD_*_KDF -> hashlib's name (X9.63 with that hash)
 KDF_HASHES = {CKD.SHA1_KDF: "sha1", CKD.SHA224_KDF: "sha224", CKD.SHA256_KDF: "sha256",
@@ -50,8 +50,7 @@ def _peer_key(use: KeyUse, public_data: bytes) -> bytes:
     curve_name = use.key.spec.curve
     assert curve_name is not None
     try:
-        curve = getattr(ec, curve_name.upper())()
-        peer = ec.EllipticCurvePublicKey.from_encoded_point(curve, point)
+        peer = ec.EllipticCurvePublicKey.from_encoded_point(curve_class(curve_name)(), point)
     except ValueError:
         raise PKCS11Error(CKR.MECHANISM_PARAM_INVALID,
                           f"the public data is not a point on {curve_name}") from None

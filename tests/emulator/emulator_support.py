@@ -39,6 +39,14 @@ def error_code(exc_info: pytest.ExceptionInfo[ClientError]) -> str:
     return exc_info.value.response["Error"]["Code"]
 
 
+def assert_refused(call: Any, ctx: Any, code: str) -> None:
+    """call(ctx) fails with KMS error `code` and HTTP status 400, as KMS's client errors do."""
+    with pytest.raises(ClientError) as exc:
+        call(ctx)
+    assert error_code(exc) == code
+    assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+
+
 def new_key(kms: Any, spec: str, usage: str) -> EmuKey:
     meta = kms.create_key(KeySpec=spec, KeyUsage=usage)["KeyMetadata"]
     der = b""

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 from botocore.exceptions import ClientError
-from emulator_support import error_code, new_key
+from emulator_support import assert_refused, error_code, new_key
 
 P256, ED, MLDSA = ("ECC_NIST_P256", "SIGN_VERIFY"), ("ECC_NIST_EDWARDS25519", "SIGN_VERIFY"), \
     ("ML_DSA_44", "SIGN_VERIFY")
@@ -148,10 +148,7 @@ ERROR_CASES = {
 @pytest.mark.parametrize("case", sorted(ERROR_CASES))
 def test_error_code(ctx, case):
     call, expected = ERROR_CASES[case]
-    with pytest.raises(ClientError) as exc:
-        call(ctx)
-    assert error_code(exc) == expected
-    assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert_refused(call, ctx, expected)
 
 
 # -- key states: each key-using operation refuses a Disabled or PendingDeletion key --
