@@ -30,10 +30,12 @@ import os
 import sys
 import time
 from importlib import _bootstrap
-from importlib.abc import Loader
 from importlib.machinery import ModuleSpec, SourceFileLoader, SourcelessFileLoader
 from types import ModuleType
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:  # importlib.abc imports importlib.resources: ~6 ms at every start
+    from importlib.abc import Loader
 
 log = logging.getLogger("pkcs11_kms")
 
@@ -165,7 +167,7 @@ class _Resume:
             return None
         found = self._next_spec(name, path, target)
         if found is not None and found.loader is not None:
-            found.loader = cast(Loader, _Fresh(found.loader, half, self.refused))
+            found.loader = cast("Loader", _Fresh(found.loader, half, self.refused))
         return found
 
     def _next_spec(self, name: str, path: object, target: object) -> ModuleSpec | None:

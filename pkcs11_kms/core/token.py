@@ -8,8 +8,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-
-from asn1crypto import pem, x509
+from typing import TYPE_CHECKING
 
 from ..config import KeyRef, TokenConfig
 from ..errors import PKCS11Error
@@ -24,8 +23,10 @@ from .objects import (
     key_id_bytes,
     key_objects,
     spec_of,
-    spki_public_key,
 )
+
+if TYPE_CHECKING:
+    from asn1crypto import x509
 
 log = logging.getLogger("pkcs11_kms.token")
 
@@ -172,6 +173,8 @@ class Certificate:
 
 
 def read_certificates(paths: tuple[str, ...]) -> list[Certificate]:
+    from asn1crypto import pem, x509  # when keys are read (docs/performance.md)
+
     out = []
     for path in paths:
         try:
@@ -287,6 +290,8 @@ class Token:
         return objects
 
     def _build(self, keys: list[KmsKey]) -> list[TokenObject]:
+        from .spki import spki_public_key
+
         by_key = {spki_public_key(k.spki): k for k in keys if k.spki}  # not HMAC keys
         subjects: dict[str, bytes] = {}
         cert_objects: list[TokenObject] = []

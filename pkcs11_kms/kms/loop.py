@@ -303,8 +303,6 @@ class _Runner:
         """shutdown(): close every loop's clients. A loop a host thread is driving gets its calls
         cancelled; that thread closes it when its call returns. The lock is not held while
         waiting: host threads still finishing a call give their loop back meanwhile."""
-        import asyncio
-
         deadline = time.monotonic() + timeout
         with self.lock:
             self.closed = True
@@ -316,6 +314,8 @@ class _Runner:
             busy = list(self.busy)
         if thread is not None and served is not None and thread.is_alive() \
                 and thread.ident != threading.get_ident():
+            import asyncio  # here only: a module that never called KMS has not imported it
+
             try:
                 closing = asyncio.run_coroutine_threadsafe(served.aclose(timeout), served.loop)
                 closing.result(timeout + _GRACE)

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
-from cryptography.hazmat.primitives.serialization import load_der_public_key
+from typing import TYPE_CHECKING
 
 from ..ck import CKR
 from ..core.operations import KeyUse
@@ -15,9 +11,15 @@ from ..core.params import MechanismArgs
 from ..errors import PKCS11Error
 from .hashes import Hash
 
+if TYPE_CHECKING:  # at run time imported by the functions needing them: listing slots does not
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa  # (docs/performance.md)
+    from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+
 
 @lru_cache(maxsize=64)
 def _public_key(spki: bytes) -> PublicKeyTypes:
+    from cryptography.hazmat.primitives.serialization import load_der_public_key
+
     return load_der_public_key(spki)
 
 
@@ -28,6 +30,8 @@ def public_key(use: KeyUse) -> PublicKeyTypes:
 
 def rsa_public_key(use: KeyUse) -> rsa.RSAPublicKey:
     """The key's public half, for local public-key math."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     key = _public_key(use.key.spki)
     if not isinstance(key, rsa.RSAPublicKey):
         raise PKCS11Error(CKR.KEY_TYPE_INCONSISTENT, "not an RSA key")
@@ -35,6 +39,8 @@ def rsa_public_key(use: KeyUse) -> rsa.RSAPublicKey:
 
 
 def ec_public_key(use: KeyUse) -> ec.EllipticCurvePublicKey:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     key = _public_key(use.key.spki)
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise PKCS11Error(CKR.KEY_TYPE_INCONSISTENT, "not an EC key")
@@ -42,6 +48,8 @@ def ec_public_key(use: KeyUse) -> ec.EllipticCurvePublicKey:
 
 
 def ed25519_public_key(use: KeyUse) -> ed25519.Ed25519PublicKey:
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
     key = _public_key(use.key.spki)
     if not isinstance(key, ed25519.Ed25519PublicKey):
         raise PKCS11Error(CKR.KEY_TYPE_INCONSISTENT, "not an Ed25519 key")
@@ -124,6 +132,8 @@ class Signature:
         if self.use.kms_public_operations:
             self.verify_in_kms(value, signature)
             return
+        from cryptography.exceptions import InvalidSignature
+
         try:
             self.verify_locally(value, signature)
         except (InvalidSignature, ValueError):

@@ -13,10 +13,6 @@ from __future__ import annotations
 
 import hashlib
 
-from asn1crypto import core
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-
 from ..ck import CKD, CKF, CKK, CKM, CKR
 from ..core.mechanisms import Mechanism
 from ..core.operations import KeyUse
@@ -40,6 +36,10 @@ def x963_kdf(hash_name: str, z: bytes, shared_info: bytes, length: int) -> bytes
 
 def _peer_key(use: KeyUse, public_data: bytes) -> bytes:
     """The other party's point as the SubjectPublicKeyInfo KMS takes."""
+    from asn1crypto import core  # imported when needed (docs/performance.md)
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     field = (use.key.spec.bits + 7) // 8
     point = public_data
     if len(point) not in (1 + 2 * field, 1 + field):  # not a bare uncompressed/compressed point

@@ -8,8 +8,6 @@ digest asks for. PKCS#11's signature is r||s, each as long as the field.
 
 from __future__ import annotations
 
-from cryptography.hazmat.primitives.asymmetric import ec, utils
-
 from ..ck import CKF, CKK, CKM, CKR
 from ..core.mechanisms import Kind, Mechanism, Start
 from ..core.operations import KeyUse
@@ -41,11 +39,15 @@ class Ecdsa(Signature):
         return fit(value, digest_bytes(kms_spec.hash)), algorithm
 
     def from_kms(self, signature: bytes) -> bytes:
+        from cryptography.hazmat.primitives.asymmetric import utils  # (docs/performance.md)
+
         r, s = utils.decode_dss_signature(signature)
         n = self.field_bytes
         return r.to_bytes(n, "big") + s.to_bytes(n, "big")
 
     def to_kms_signature(self, signature: bytes) -> bytes:
+        from cryptography.hazmat.primitives.asymmetric import utils
+
         n = self.field_bytes
         return utils.encode_dss_signature(
             int.from_bytes(signature[:n], "big"), int.from_bytes(signature[n:], "big")
@@ -55,6 +57,8 @@ class Ecdsa(Signature):
         h = BY_SIZE.get(len(value))
         if h is None:
             raise PKCS11Error(CKR.DATA_LEN_RANGE, f"{len(value)}-byte digest")
+        from cryptography.hazmat.primitives.asymmetric import ec, utils
+
         ec_public_key(self.use).verify(
             self.to_kms_signature(signature), value, ec.ECDSA(utils.Prehashed(h.crypto()))
         )

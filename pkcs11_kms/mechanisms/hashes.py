@@ -8,11 +8,13 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from functools import cached_property
-
-from cryptography.hazmat.primitives import hashes
+from typing import TYPE_CHECKING
 
 from ..ck import CKG, CKM
 from ..kms.specs import SIGNING_HASHES, algorithm_name
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives import hashes
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,8 @@ class Hash:
         return hashlib.new(self.name)
 
     def crypto(self) -> hashes.HashAlgorithm:
+        from cryptography.hazmat.primitives import hashes  # when needed (docs/performance.md)
+
         algorithm: type[hashes.HashAlgorithm] = getattr(hashes, self.name.upper())  # SHA256 ...
         return algorithm()
 

@@ -13,11 +13,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from cryptography.exceptions import UnsupportedAlgorithm
-
 from ..ck import CKF, CKK, CKM, CKR
 from ..core.mechanisms import Kind, Mechanism
-from ..core.objects import spki_public_key
 from ..core.operations import KeyUse
 from ..core.params import MechanismArgs, SignContext
 from ..errors import PKCS11Error
@@ -31,6 +28,8 @@ MU_BYTES = 64
 class MlDsa(Signature):
     def __init__(self, use: KeyUse) -> None:
         super().__init__(use, None)
+        from ..core.spki import spki_public_key  # asn1crypto, when a key is used
+
         pk = spki_public_key(use.key.spki)
         self._mu = hashlib.shake_256(hashlib.shake_256(pk).digest(MU_BYTES) + b"\0\0")
         self._length = 0
@@ -53,6 +52,8 @@ class MlDsa(Signature):
         return value, "RAW" if raw else "EXTERNAL_MU", ML_DSA_SHAKE_256
 
     def verify_locally(self, value: bytes, signature: bytes) -> None:
+        from cryptography.exceptions import UnsupportedAlgorithm  # (docs/performance.md)
+
         try:
             key: Any = public_key(self.use)
         except UnsupportedAlgorithm:  # a cryptography without ML-DSA: KMS verifies

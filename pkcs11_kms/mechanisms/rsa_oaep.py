@@ -5,8 +5,6 @@ KMS decrypts RSAES_OAEP_SHA_1 and RSAES_OAEP_SHA_256 with MGF1 over the same has
 
 from __future__ import annotations
 
-from cryptography.hazmat.primitives.asymmetric import padding
-
 from ..ck import CKF, CKK, CKM, CKR, CKZ
 from ..core.mechanisms import Kind, Mechanism
 from ..core.operations import KeyUse
@@ -71,6 +69,8 @@ class Oaep:
             raise PKCS11Error(CKR.DATA_LEN_RANGE, f"at most {self.max_plaintext} bytes")
         if self.use.kms_public_operations:
             return self.use.backend.encrypt(self.use.key_ref, data, algorithm)
+        from cryptography.hazmat.primitives.asymmetric import padding  # (docs/performance.md)
+
         mgf = padding.MGF1(self.hash.crypto())
         return rsa_public_key(self.use).encrypt(data, padding.OAEP(mgf, self.hash.crypto(), None))
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from asn1crypto import algos, core
-from cryptography.hazmat.primitives.asymmetric import padding, utils
-
 from ..ck import CKF, CKK, CKM, CKR
 from ..core.mechanisms import Kind, Mechanism, Start
 from ..core.operations import KeyUse
@@ -18,6 +15,8 @@ from .hashes import BY_OID, HASHES, Hash
 def digest_info(value: bytes) -> Hash:
     """The hash a DER DigestInfo names. Only the canonical encoding (NULL parameters, nothing
     after it) is accepted: KMS signs exactly that encoding, and KMS signs SHA-256/384/512 only."""
+    from asn1crypto import algos  # imported when needed (docs/performance.md)
+
     try:
         info = algos.DigestInfo.load(value, strict=True)
         oid = info["digest_algorithm"]["algorithm"].dotted
@@ -33,6 +32,8 @@ def digest_info(value: bytes) -> Hash:
 
 
 def canonical_digest_info(h: Hash, digest: bytes) -> bytes:
+    from asn1crypto import algos, core
+
     algorithm = algos.DigestAlgorithm({"algorithm": h.oid, "parameters": core.Null()})
     return algos.DigestInfo({"digest_algorithm": algorithm, "digest": digest}).dump()
 
@@ -47,6 +48,8 @@ class RsaPkcs(Signature):
         return value[-h.size:], h.kms_algorithm(RSASSA_PKCS1_V1_5)
 
     def verify_locally(self, value: bytes, signature: bytes) -> None:
+        from cryptography.hazmat.primitives.asymmetric import padding
+
         recovered = rsa_public_key(self.use).recover_data_from_signature(signature, padding.PKCS1v15(), None)
         if recovered != value:
             raise ValueError("DigestInfo differs")
@@ -63,6 +66,8 @@ class ShaRsaPkcs(Signature):
         return value, self.hash.kms_algorithm(RSASSA_PKCS1_V1_5)
 
     def verify_locally(self, value: bytes, signature: bytes) -> None:
+        from cryptography.hazmat.primitives.asymmetric import padding, utils
+
         rsa_public_key(self.use).verify(signature, value, padding.PKCS1v15(),
                                     utils.Prehashed(self.hash.crypto()))
 

@@ -6,8 +6,6 @@ CKR_MECHANISM_PARAM_INVALID.
 
 from __future__ import annotations
 
-from cryptography.hazmat.primitives.asymmetric import padding, utils
-
 from ..ck import CKF, CKK, CKM, CKR
 from ..core.mechanisms import Kind, Mechanism, Start
 from ..core.operations import KeyUse
@@ -44,6 +42,8 @@ class Pss(Signature):
     def verify_locally(self, value: bytes, signature: bytes) -> None:
         if len(value) != self.hash.size:
             raise PKCS11Error(CKR.DATA_LEN_RANGE, f"a {self.hash.name} digest is {self.hash.size} bytes")
+        from cryptography.hazmat.primitives.asymmetric import padding, utils
+
         pss = padding.PSS(padding.MGF1(self.hash.crypto()), self.hash.size)
         rsa_public_key(self.use).verify(signature, value, pss, utils.Prehashed(self.hash.crypto()))
 
