@@ -43,7 +43,7 @@ class Connection:
     # http:// to a host that is not loopback (docs/security.md, "Transport")
     allow_insecure_http: bool = False
     # The key cache (kms/keycache.py): on, and how long a named key's cached answer is used
-    key_cache: bool = False  # opt-in for now: docs/design.md, "Key cache"
+    key_cache: bool = True  # docs/design.md, "Key cache"
     key_cache_ttl: float = 300.0  # seconds
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import _imp
 import _thread
 import concurrent.futures.thread  # noqa: F401 - its before-fork hook must be registered before ours
+import importlib
 import logging
 import os
 import sys
@@ -219,8 +220,43 @@ def forget_dead_imports() -> list[str]:
     return dropped
 
 
+# What the module's operations import inside functions, when first needed: a host that only lists
+# slots loads none of it (docs/performance.md). A child forked before its parent needed them may
+# not be able to read them any more (nginx's workers drop privileges), so the before-fork hook
+# imports them (docs/design.md, "Key cache"); the KMS client's own imports are kms/aws.py's
+# (prepare_for_children). tests/test_imports.py keeps this list complete.
+DEFERRED = (
+    "asn1crypto.algos",
+    "asn1crypto.core",
+    "asn1crypto.pem",
+    "asn1crypto.x509",
+    "cryptography.exceptions",
+    "cryptography.hazmat.primitives.asymmetric.ec",
+    "cryptography.hazmat.primitives.asymmetric.ed25519",
+    "cryptography.hazmat.primitives.asymmetric.padding",
+    "cryptography.hazmat.primitives.asymmetric.rsa",
+    "cryptography.hazmat.primitives.asymmetric.utils",
+    "cryptography.hazmat.primitives.hashes",
+    "cryptography.hazmat.primitives.serialization",
+    "pkcs11_kms.core.spki",
+    "tempfile",
+)
+
+
+def import_deferred() -> None:
+    """Imports DEFERRED (each once: later forks find them in sys.modules)."""
+    for name in DEFERRED:
+        if name in sys.modules:
+            continue
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # the operation needing it reports it
+            log.debug("before fork: %s not imported: %r", name, exc)
+
+
 def _before_fork() -> None:
     try:
+        import_deferred()
         wait_for_imports(_WAIT)
     except Exception:  # a hook must never fail the host's fork
         pass

@@ -528,10 +528,12 @@ def https_hosts(tmp_path_factory, https_kms_server, module_path):
         "[engine_section]\npkcs11 = pkcs11_section\n[pkcs11_section]\nengine_id = pkcs11\n"
         f"dynamic_path = {ENGINE}\nMODULE_PATH = {module_path}\ninit = 0\n"
     )
-    # The same token without the CA bundle: the emulator's certificate is then untrusted.
+    # The same token without the CA bundle: the emulator's certificate is then untrusted; and
+    # without the key cache, which would answer for the keys without a TLS connection.
     untrusted = tmp / "untrusted.toml"
-    untrusted.write_text("\n".join(line for line in Path(config).read_text().splitlines()
-                                   if not line.startswith("ca_bundle")) + "\n")
+    untrusted.write_text("key_cache = false\n" + "\n".join(
+        line for line in Path(config).read_text().splitlines()
+        if not line.startswith("ca_bundle")) + "\n")
     env = dict(os.environ, PKCS11_KMS_CONFIG=config, OPENSSL_CONF=str(conf))
     return {"keys": keys, "env": env, "untrusted": str(untrusted), "tmp": tmp}
 

@@ -121,6 +121,7 @@ import os, signal, sys, threading, time
 sys.path.insert(0, os.environ["PKG_DIR"])
 from pkcs11_kms import forking
 forking._WAIT = 0.3  # the import below never ends in the parent: the fork waits this long
+forking.import_deferred()  # what the fork would import first: now, so that it only waits
 ready_r, ready_w = os.pipe()
 go_r, go_w = os.pipe()
 os.environ["READY_FD"], os.environ["GO_FD"] = str(ready_w), str(go_r)

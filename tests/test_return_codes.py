@@ -341,6 +341,7 @@ def fault_env(env, kms_server, seeded, tmp_path_factory):
     path = tmp_path_factory.mktemp("fault") / "config.toml"
     return {**env, "PKCS11_KMS_CONFIG": write_config(
         path, kms_server, 'max_attempts = 1\nconnect_timeout = 2\nread_timeout = 5\n'
+        'key_cache = false\n'  # each case reads its keys from KMS (GetPublicKey faults)
         '[[token]]\nlabel = "faults"\n'
         f'keys = [{{ key = "{seeded["ec-sign"].arn}", label = "ec-sign" }}]\n')}
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import math
 import os
 import re
 import threading
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from .. import logs, trust
+from .. import hostsafe, logs, trust
 from ..config import insecure_http
 from . import keycache, loop
 from .backend import (Alias, Connection, KeyMetadata, KeyRead, KmsBackend, PublicKey, Wanted,
@@ -35,6 +37,7 @@ _POOL_CONNECTIONS = 128
 _IN_FLIGHT = 16  # per-key requests a batch runs at once (docs/design.md, "Reading the keys")
 T = TypeVar("T")
 R = TypeVar("R")
+log = logging.getLogger("pkcs11_kms.kms")
 # A validation message may quote the value it refused: never log request data that way.
 _DATA_ECHO = re.compile(
     r"Value '[^']*' at '(message|plaintext|ciphertextBlob|signature)'", re.IGNORECASE
@@ -63,6 +66,8 @@ class AwsKms(KmsBackend):
         # never read it by alias (an alias may be re-pointed).
         self._public_keys: dict[str, PublicKey] = {}
         self._cache = keycache.for_connection(connection)  # across processes (keycache.py)
+        self._from_cache = False  # keys came from the cache and no client was made since
+        _instances.add(self)
 
     # -- the KmsBackend calls -----------------------------------------------------------------
 
@@ -205,6 +210,7 @@ class AwsKms(KmsBackend):
         if cached and self._cache is not None:
             found = [self._cache.lookup(key) for key in keys]
             if all(found):  # every key read within key_cache_ttl: KMS is not asked at all
+                self._from_cache = True
                 return [p for p in found if p is not None]
         answers = self._read_public_keys(keys)
         if self._cache is not None:
@@ -376,6 +382,31 @@ class AwsKms(KmsBackend):
         except BaseException as exc:  # asyncio.CancelledError is a BaseException
             raise self._failed(exc, operation, key) from None
 
+    def prepare_for_children(self) -> None:
+        """Before a fork, when keys came from the cache: import the KMS stack and make the client
+        now, while the process may still read the files they come from (docs/design.md, "Key
+        cache"). A child (nginx's worker, which then drops privileges) makes its own client from
+        what the parent loaded. Never raises: the fork goes on."""
+        if not self._from_cache or self._ready_generation == loop.generation():
+            return
+        self._from_cache = False  # once: a failure is the first call's to report, as without
+
+        async def client_and_tls() -> None:
+            import asyncio
+
+            client = await self._client()
+            # and the TLS contexts, which read the CA bundle (_ca_text), on a thread of ours
+            http = getattr(getattr(client, "_endpoint", None), "http_session", None)
+            build = getattr(http, "_build_ssl_contexts", None)
+            if build is not None:
+                await asyncio.get_running_loop().run_in_executor(None, build, None)
+
+        try:
+            loop.run(client_and_tls(), _SETUP_TIMEOUT)
+            self._ready_generation = loop.generation()
+        except Exception as exc:  # the child's first call meets it again, and says so
+            log.info("KMS client not made before fork: %s", type(exc).__name__)
+
     def _failed(self, exc: BaseException, operation: str, key: str | None) -> KmsError:
         """The KmsError of a failed request; KMS refusing a key also drops it from the cache."""
         error = _translate(exc, operation, key)
@@ -475,6 +506,25 @@ _templates: dict[str | None, tuple[Any, Any]] = {}
 _tls_contexts: dict[tuple[Any, ...], Any] = {}
 _tls_lock = threading.Lock()  # helper threads and host threads build contexts at once
 _http_session: list[type] = []
+_ca_texts: dict[str, tuple[int, str]] = {}  # CA bundle path -> (the pid that read it, its PEM)
+
+
+def _ca_text(path: str) -> str:
+    """A CA bundle's certificates as PEM text, read now. A forked child that cannot read the file
+    any more (nginx's worker after dropping privileges, docs/design.md "Key cache") uses what its
+    parent read: its contexts must be new (hostsafe.py: no OpenSSL object crosses a fork)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        kept = _ca_texts.get(path)
+        if kept is None or kept[0] == os.getpid():
+            raise
+        return kept[1]
+    # cadata takes ASCII only: certifi's bundle has UTF-8 in its comments, which OpenSSL skips
+    text = data.decode("ascii", errors="ignore")
+    _ca_texts[path] = (os.getpid(), text)
+    return text
 
 
 def _http_session_class() -> type:
@@ -485,6 +535,18 @@ def _http_session_class() -> type:
         from aiobotocore.httpsession import AIOHTTPSession
 
         class SharedTls(AIOHTTPSession):
+            def _build_verify_context(self) -> Any:  # aiobotocore >= 3: its CA file, read here
+                if not self._verify:
+                    return super()._build_verify_context()
+                from botocore.httpsession import get_cert_path
+
+                context = self._get_ssl_context()
+                context.check_hostname = True
+                ca_certs = get_cert_path(self._verify)
+                if ca_certs:
+                    context.load_verify_locations(cadata=_ca_text(ca_certs))
+                return context
+
             def _build_ssl_contexts(self, *args: Any, **kwargs: Any) -> Any:
                 key = (loop.generation(), self._verify, self._cert_file, self._key_file, args,
                        tuple(sorted(kwargs.items())))
@@ -636,6 +698,21 @@ class Backends:
                 backend = self._by_connection[connection] = AwsKms(connection)
             return backend
 
+
+_instances: weakref.WeakSet[AwsKms] = weakref.WeakSet()
+
+
+def _before_fork() -> None:
+    """docs/design.md, "Key cache": a child must not be the first to import the KMS stack."""
+    if not hostsafe.openssl_ready() or hostsafe.exiting():
+        return
+    for backend in list(_instances):
+        backend.prepare_for_children()
+
+
+# Registered after forking.py's hook (loop imports it first), so it runs before it: that one then
+# waits for any import our loop thread still has in flight.
+os.register_at_fork(before=_before_fork)
 
 _backends = Backends()  # the tools' (doctor, keys): the module uses its own (core/module.py)
 os.register_at_fork(after_in_child=lambda: _backends.renew_lock())

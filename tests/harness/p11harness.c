@@ -789,6 +789,39 @@ int main(int argc, char **argv)
         }
         printf("children ok=%d of %d\n", ok, n);
         printf("C_GetSessionInfo parent rv=0x%lx\n", ((fn_get_session_info)sym("C_GetSessionInfo"))(h, &si));
+    } else if (strcmp(cmd, "fork-jail") == 0) {
+        /* fork-jail JAIL [FLAGS]: (C_Initialize's flags, 2 by default) the parent finds the first private key (from the key cache when it is
+           warm: no KMS call), then forks; the child chroot()s into JAIL, an empty directory where
+           it can read no file (as nginx's workers may not read the Python the module runs on),
+           and signs digest 7 (soak_digest) on the parent's session. Prints the child's rv and
+           the signature in hex (docs/design.md, "Key cache"). */
+        CK_SESSION_HANDLE h = 0;
+        CK_OBJECT_HANDLE key = 0;
+        int status = 0;
+        CK_FLAGS flags = argc > 4 ? strtoul(argv[4], NULL, 0) : 2 /* OS_LOCKING_OK */;
+        printf("C_Initialize rv=0x%lx\n", initialize(flags, 0, NULL));
+        rv = ((fn_open_session)sym("C_OpenSession"))(0, 4 /* SERIAL */, NULL, NULL, &h);
+        if (rv == 0)
+            rv = soak_find_key(h, &key);
+        printf("find rv=0x%lx\n", rv);
+        fflush(stdout);
+        pid_t pid = fork();
+        if (pid == 0) {
+            CK_BYTE sig[512];
+            CK_ULONG len = sizeof(sig);
+            alarm(60); /* a hung child dies by SIGALRM: the parent reports it */
+            CK_RV r = SOAK_NO_KEY;
+            if (chroot(argv[3]) == 0 && chdir("/") == 0)
+                r = soak_sign(h, key, 7, sig, &len);
+            printf("child rv=0x%lx sig=", r);
+            for (CK_ULONG i = 0; r == 0 && i < len; i++)
+                printf("%02x", sig[i]);
+            printf("\n");
+            fflush(stdout);
+            _exit(0);
+        }
+        waitpid(pid, &status, 0);
+        printf("child exited=%d\n", WIFEXITED(status) ? WEXITSTATUS(status) : -1);
     } else if (strcmp(cmd, "objects") == 0) {
         /* objects FLAGS [ROUNDS]: C_Initialize, list the objects, C_GenerateRandom (KMS calls),
            print the thread count, C_Finalize; ROUNDS times (a new KMS loop after each). */
