@@ -280,6 +280,28 @@ def concurrency(fig: Figures, host: str, env: dict[str, str], repeat: int, secon
 
 # ---- 3. cold start ------------------------------------------------------------------------------
 
+def installed_module(tmp: Path) -> str:
+    """The module as `pip install` makes it, which the cold starts run: its bytecode compiled, no
+    editable install's import hook. A throwaway virtual environment whose dependencies are this
+    one's (a .pth file naming its site-packages), the project built and installed into it."""
+    import site
+    import sysconfig
+
+    venv = tmp / "installed"
+    base = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = str(venv / "bin" / "python")
+    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path("
+                              "'purelib'))"], check=True, capture_output=True, text=True,
+                             timeout=60).stdout.strip()
+    Path(purelib, "bench-dependencies.pth").write_text(site.getsitepackages()[0] + "\n")
+    assert sysconfig.get_path("purelib") != purelib
+    subprocess.run([PY, "-m", "pip", "--python", python, "install", "-q", "--no-deps",
+                    "--no-build-isolation", str(ROOT)], check=True, capture_output=True,
+                   timeout=600)
+    return str(Path(purelib) / "pkcs11_kms" / "libkms-pkcs11.so")
+
+
 def softhsm_token(tmp: Path) -> dict[str, str]:
     """A SoftHSM2 token `soft` with an EC P-256 key `ec`, in TMP; its environment."""
     util, tool = shutil.which("softhsm2-util"), shutil.which("pkcs11-tool")
@@ -341,12 +363,13 @@ def cold_start(fig: Figures, tmp: Path, repeat: int) -> None:
         client = kms.client()
         ec, rsa = (seed_key(client, None, spec, "SIGN_VERIFY") for spec in ("ECC_NIST_P256",
                                                                             "RSA_2048"))
-        config = write_config(work / "config.toml", kms,
-                              f'[[token]]\nlabel = "cold"\nkeys = [{{ key = "{ec.arn}", '
-                              f'label = "ec" }}, {{ key = "{rsa.arn}", label = "rsa" }}]\n')
+        token = (f'[[token]]\nlabel = "cold"\nkeys = [{{ key = "{ec.arn}", label = "ec" }}, '
+                 f'{{ key = "{rsa.arn}", label = "rsa" }}]\n')
+        config = write_config(work / "config.toml", kms, token)  # the key cache on: the default
+        uncached = write_config(work / "uncached.toml", kms, "key_cache = false\n" + token)
         kms_env = {**base, **DUMMY_AWS_ENV, "PKCS11_KMS_CONFIG": config,
                    "XDG_CACHE_HOME": str(work / "cache")}
-        module = str(module_path())
+        module = installed_module(work)
         k_engine, k_provider = openssl_confs(work, module, "kms", "kms")
         # SoftHSM2 2.6 dies by SIGSEGV in C_Finalize after OpenSSL's cleanup when
         # pkcs11-provider finalizes it at exit (the signature is written): the provider's
@@ -359,7 +382,9 @@ def cold_start(fig: Figures, tmp: Path, repeat: int) -> None:
         sign = [openssl, "pkeyutl", "-sign", "-in", str(digest), "-out", str(work / "sig")]
         cases: dict[str, tuple[list[str], dict[str, str]]] = {
             "kms.L": ([tool, "--module", module, "-L"], kms_env),
-            "kms.O": ([tool, "--module", module, "-O"], kms_env),
+            "kms.O": ([tool, "--module", module, "-O"], kms_env),  # warm: the untimed round
+            "kms.O_uncached": ([tool, "--module", module, "-O"],
+                               {**kms_env, "PKCS11_KMS_CONFIG": uncached}),
             "kms.engine": (sign + ["-engine", "pkcs11", "-keyform", "engine", "-inkey", kms_uri],
                            {**kms_env, "OPENSSL_CONF": str(k_engine)}),
             "kms.provider": (sign + ["-inkey", kms_uri],
@@ -383,13 +408,14 @@ def cold_start(fig: Figures, tmp: Path, repeat: int) -> None:
                 rss[name].append(peak)
     plain_rss = statistics.median(rss["plain"])
     rows = (("L", "pkcs11-tool -L", 100.0, None),
-            ("O", "pkcs11-tool -O (first KMS calls; no cache)", 150.0, None),
+            ("O", "pkcs11-tool -O (key cache warm)", 150.0, None),
+            ("O_uncached", "pkcs11-tool -O (key_cache = false: the first KMS calls)", None, None),
             ("engine", "openssl pkeyutl -sign, libp11 engine", 250.0, 40.0),
             ("provider", "openssl pkeyutl -sign, pkcs11-provider", 250.0, 40.0))
     for short, label, wall_target, rss_target in rows:
         as_libp11 = " (libp11's target)" if short == "provider" else ""
         fig.add(f"cold.kms.{short}.wall_ms", section, f"{label}: wall", walls[f"kms.{short}"],
-                "ms", ("<=", wall_target), note=as_libp11)
+                "ms", ("<=", wall_target) if wall_target else None, note=as_libp11)
         rss_runs = rss[f"kms.{short}"]
         if rss_target is None:
             fig.add(f"cold.kms.{short}.rss_mb", section, f"{label}: peak RSS", rss_runs, "MB")
@@ -399,6 +425,8 @@ def cold_start(fig: Figures, tmp: Path, repeat: int) -> None:
                     "MB", ("<=", rss_target),
                     shown=f"+{statistics.median(rss_runs) - plain_rss:.1f} MB "
                           f"({statistics.median(rss_runs):.1f})", note=as_libp11)
+        if short == "O_uncached":
+            continue  # SoftHSM2 has no cache to go without
         fig.add(f"cold.softhsm.{short}.wall_ms", section, f"  SoftHSM2 {label.split(' (')[0]}: "
                 "wall", walls[f"soft.{short}"], "ms")
         fig.add(f"cold.softhsm.{short}.rss_mb", section, f"  SoftHSM2 {label.split(' (')[0]}: "
@@ -466,7 +494,7 @@ def markdown(report: dict[str, Any]) -> str:
         return "yes" if all(f[k]["met"] for k in keys) else "no"
 
     def cold(short: str) -> str:
-        rss = (f"{f[f'cold.kms.{short}.rss_mb']['value']:.0f} MB" if short in ("L", "O") else
+        rss = (f"{f[f'cold.kms.{short}.rss_mb']['value']:.0f} MB" if short[0] in "LO" else
                f"+{f[f'cold.kms.{short}.rss_over_plain_mb']['value']:.0f} MB")
         return f"{v(f'cold.kms.{short}.wall_ms')}, {rss}"
 
@@ -498,8 +526,10 @@ def markdown(report: dict[str, Any]) -> str:
          ""),
         ("`pkcs11-tool -L` (SoftHSM2: " + soft("L") + ")", cold("L"), "<= 100 ms",
          met("cold.kms.L.wall_ms")),
-        ("`pkcs11-tool -O`, first KMS calls (SoftHSM2: " + soft("O") + ")", cold("O"),
-         "<= 150 ms (warm cache)", met("cold.kms.O.wall_ms")),
+        ("`pkcs11-tool -O`, key cache warm (SoftHSM2: " + soft("O") + ")", cold("O"),
+         "<= 150 ms", met("cold.kms.O.wall_ms")),
+        ("`pkcs11-tool -O`, `key_cache = false`: the first KMS calls", cold("O_uncached"), "",
+         ""),
         ("`openssl pkeyutl -sign`, libp11 (SoftHSM2: " + soft("engine") + "; plain openssl "
          + f"{v('cold.plain.wall_ms')}, {f['cold.plain.rss_mb']['value']:.0f} MB)",
          cold("engine"), "<= 250 ms, <= +40 MB",

@@ -30,7 +30,8 @@ REFERENCE = [
     "ceiling.emulator.per_s", "ceiling.proxy.per_s",
     *(f"cold.softhsm.{c}.{m}" for c in ("L", "O", "engine", "provider")
       for m in ("wall_ms", "rss_mb")),
-    "cold.kms.L.rss_mb", "cold.kms.O.rss_mb", "cold.plain.wall_ms", "cold.plain.rss_mb",
+    "cold.kms.L.rss_mb", "cold.kms.O.rss_mb", "cold.kms.O_uncached.wall_ms",
+    "cold.kms.O_uncached.rss_mb", "cold.plain.wall_ms", "cold.plain.rss_mb",
     "cpu.threaded.ms_per_signature", "cpu.threadless.ms_per_signature",
     "listing.initialize_s",
 ]
