@@ -34,7 +34,7 @@ _SETUP_TIMEOUT = 30.0  # importing aiobotocore and making a client (may resolve 
 # Concurrent HTTPS connections per client: in threaded mode one client serves every host thread
 # (64 signing at once must not queue for a connection); a threadless loop makes one call at a time.
 _POOL_CONNECTIONS = 128
-_IN_FLIGHT = 16  # per-key requests a batch runs at once (docs/design.md, "Reading the keys")
+_IN_FLIGHT = 32  # per-key requests a batch runs at once (docs/design.md, "Reading the keys")
 T = TypeVar("T")
 R = TypeVar("R")
 log = logging.getLogger("pkcs11_kms.kms")
