@@ -474,6 +474,7 @@ class AwsKms(KmsBackend):
         )
         client = await context.__aenter__()
         loop.add_cleanup(lambda: context.__aexit__(None, None, None))
+        _cache_user_agent(client)
         logs.guard_libraries()  # and the ones making the client made
         endpoint = client.meta.endpoint_url
         if insecure_http(endpoint) and not c.allow_insecure_http:
@@ -580,6 +581,36 @@ def _session(profile: str | None) -> Any:
                          profile=profile)
     session.register_component("data_loader", loader)
     return session
+
+
+def _cache_user_agent(client: Any) -> None:
+    """botocore builds the User-Agent string twice a request (when serializing, and again in a
+    request-created handler), ~10% of a request's CPU (docs/performance.md, "What limits each
+    figure"). For one client it depends only on the feature ids in use (the client's and the
+    request context's): the rest (SDK and OS metadata, config, appid, user_agent_extra) is fixed
+    when the client is made. So this client's builder keeps the string it built for each set of
+    features and gives it again; a new set of features is built by botocore as before."""
+    from botocore.context import get_context
+
+    creator = getattr(client, "_user_agent_creator", None)
+    build = getattr(creator, "to_string", None)
+    if build is None or not hasattr(creator, "_client_features"):
+        return  # another botocore: leave it as it is
+    built: dict[frozenset[str], str] = {}
+
+    def to_string() -> str:
+        context = get_context()
+        features = frozenset(creator._client_features or ()).union(
+            context.features if context is not None else ())
+        text = built.get(features)
+        if text is None:
+            text = build()
+            if len(built) >= 16:  # a handful at most in practice; never grow without bound
+                built.clear()
+            built[features] = text
+        return text
+
+    creator.to_string = to_string  # botocore's handler calls self.to_string(): this one
 
 
 def _sign_request(key: str, message: bytes, message_type: str, algorithm: str
