@@ -73,7 +73,11 @@ class _LibraryContext:
         load = lib.OSSL_PROVIDER_load
         load.restype = ctypes.c_void_p
         load.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-        self._set = lib.OSSL_LIB_CTX_set0_default
+        # Called twice in every C call (enter, leave): through PyDLL, which keeps the interpreter's
+        # lock, since a CDLL function lets go of it and must take it back, a wait behind every
+        # other thread when many sign at once (docs/performance.md, "What limits each figure").
+        # OSSL_LIB_CTX_set0_default only swaps a thread-local pointer: it never blocks.
+        self._set = ctypes.PyDLL(getattr(_ssl, "__file__", None)).OSSL_LIB_CTX_set0_default
         self._set.restype = ctypes.c_void_p
         self._set.argtypes = [ctypes.c_void_p]
         self.init_ssl = lib.OPENSSL_init_ssl
