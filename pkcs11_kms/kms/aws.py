@@ -592,7 +592,7 @@ def _cache_user_agent(client: Any) -> None:
     features and gives it again; a new set of features is built by botocore as before."""
     from botocore.context import get_context
 
-    creator = getattr(client, "_user_agent_creator", None)
+    creator: Any = getattr(client, "_user_agent_creator", None)
     build = getattr(creator, "to_string", None)
     if build is None or not hasattr(creator, "_client_features"):
         return  # another botocore: leave it as it is

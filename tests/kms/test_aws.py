@@ -178,6 +178,40 @@ def test_throttling_is_retried_as_configured(scripted):
     assert scripted.count("GenerateRandom") == 2
 
 
+def test_user_agent_is_the_one_botocore_builds(scripted):
+    """The client's cached User-Agent (aws._cache_user_agent) is, on every request and attempt,
+    the string botocore would build for it then."""
+    from botocore.useragent import UserAgentString, register_feature_id
+
+    def parts(text):
+        text = text.decode() if isinstance(text, bytes) else text
+        return sorted(",".join(sorted(p.split(","))) for p in text.split())  # m/ ids: a set
+
+    backend = AwsKms(scripted.connection(max_attempts=2))
+    client = loop.run(backend._client(), 30)
+    sent = []
+
+    def keep(request, **_):
+        built = UserAgentString.to_string(client._user_agent_creator)  # botocore's own build
+        sent.append((parts(request.headers["User-Agent"]), parts(built)))
+
+    def paginating(**_):  # a feature id of one request only: its User-Agent is another
+        if len(sent) == 1:
+            register_feature_id("PAGINATOR")
+
+    client.meta.events.register("before-send.kms", keep)
+    client.meta.events.register("before-call.kms", paginating)
+    scripted.reply("GenerateRandom", {"Plaintext": b64(bytes(8))})
+    for _ in range(3):
+        backend.generate_random(8)
+    scripted.error("ListKeys", "ThrottlingException")
+    with pytest.raises(KmsError):
+        backend.list_keys()
+    assert len(sent) == 5 and all(header == built for header, built in sent)
+    assert sent[1][0] != sent[0][0] == sent[2][0]
+    assert any("pkcs11-kms/" in p for p in sent[0][0])
+
+
 def test_verify_says_false_for_an_invalid_signature(scripted, caplog):
     caplog.set_level(logging.DEBUG, "pkcs11_kms.kms")
     backend = AwsKms(scripted.connection())
