@@ -29,8 +29,8 @@ NOT_DEFERRED = {
     # the KMS client's: made before fork by kms/aws.py (prepare_for_children) when the cache
     # answered, else by the parent's first KMS call, else it is the child's own first call
     "asyncio", "asyncio.events", "copy", "aiobotocore.config", "aiobotocore.hooks",
-    "aiobotocore.session", "aiobotocore.httpsession", "botocore", "botocore.exceptions",
-    "botocore.httpsession",
+    "aiobotocore.session", "aiobotocore.httpsession", "botocore", "botocore.context",
+    "botocore.exceptions", "botocore.httpsession",
 }
 
 
