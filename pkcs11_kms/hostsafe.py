@@ -238,7 +238,7 @@ class _Probe:
 
 
 _probe = _Probe()
-_PROBE_GRACE = 0.05  # seconds: OpenSSL initialises in microseconds unless a load is in progress
+_PROBE_GRACE = 0.2  # seconds: OpenSSL initialises in microseconds unless a load is in progress
 
 
 def openssl_ready() -> bool:
