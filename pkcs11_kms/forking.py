@@ -239,6 +239,7 @@ DEFERRED = (
     "cryptography.hazmat.primitives.hashes",
     "cryptography.hazmat.primitives.serialization",
     "pkcs11_kms.core.spki",
+    "signal",
     "tempfile",
 )
 

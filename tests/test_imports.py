@@ -22,10 +22,11 @@ PACKAGE = Path(forking.__file__).resolve().parent
 NOT_RUNTIME = ("cli.py", "__main__.py", "tools/", "emulator/", "abi/python_host.py")
 
 NOT_DEFERRED = {
-    # imported when the module starts (abi/entry.py imports them all, or they are imported in
-    # C_Initialize before anything else runs)
-    "pkcs11_kms", "pkcs11_kms.kms", "pkcs11_kms.logs", "pkcs11_kms.kms.privileged",
-    "ctypes", "signal", "time", "_ssl",
+    # imported when the module starts: abi/entry.py imports the package's modules and `time`
+    # (through logging); the first C call's hostsafe.enter() imports _ssl and ctypes
+    "pkcs11_kms", "pkcs11_kms.kms", "pkcs11_kms.logs", "ctypes", "time", "_ssl",
+    # the KMS client's, when it is made in a privileged process (see below)
+    "pkcs11_kms.kms.privileged",
     # the KMS client's: made before fork by kms/aws.py (prepare_for_children) when the cache
     # answered, else by the parent's first KMS call, else it is the child's own first call
     "asyncio", "asyncio.events", "copy", "aiobotocore.config", "aiobotocore.hooks",
