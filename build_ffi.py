@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import site
 import sys
 import sysconfig
@@ -179,7 +180,16 @@ def build(output_dir: Path) -> Path:
         ffi = make_ffi(functions, export_list)
         built = Path(ffi.compile(tmpdir=tmp, target="libkms-pkcs11.*", verbose=False))
         target = output_dir / LIBRARY_NAME
-        os.replace(built, target)
+        # Copied next to the target, then renamed over it: the temporary directory may be on
+        # another file system (a tmpfs /tmp, Debian 13's default), and a process that has the old
+        # library loaded keeps its own file.
+        staged = output_dir / f".{LIBRARY_NAME}.{os.getpid()}"
+        try:
+            shutil.copyfile(built, staged)
+            os.chmod(staged, 0o755)
+            os.replace(staged, target)
+        finally:
+            staged.unlink(missing_ok=True)
     return target
 
 

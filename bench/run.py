@@ -296,9 +296,11 @@ def installed_module(tmp: Path) -> str:
                              timeout=60).stdout.strip()
     Path(purelib, "bench-dependencies.pth").write_text(site.getsitepackages()[0] + "\n")
     assert sysconfig.get_path("purelib") != purelib
-    subprocess.run([PY, "-m", "pip", "--python", python, "install", "-q", "--no-deps",
-                    "--no-build-isolation", str(ROOT)], check=True, capture_output=True,
-                   timeout=600)
+    proc = subprocess.run([PY, "-m", "pip", "--python", python, "install", "-q", "--no-deps",
+                           "--no-build-isolation", str(ROOT)], capture_output=True, text=True,
+                          timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"pip install of the project failed: {proc.stderr[-3000:]}")
     return str(Path(purelib) / "pkcs11_kms" / "libkms-pkcs11.so")
 
 

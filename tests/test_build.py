@@ -3,6 +3,7 @@ and the build's refusal of a Python without a shared libpython."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -46,3 +47,18 @@ def test_build_refuses_a_python_without_shared_libpython():
     assert proc.returncode != 0
     assert "needs a Python built with --enable-shared" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_builds_with_its_temporary_directory_on_another_file_system(tmp_path):
+    """pip builds the library with the compiler's files under $TMPDIR, often a tmpfs (Debian 13's
+    /tmp) while the package goes elsewhere: the finished library is copied, not renamed, across."""
+    scratch = Path("/dev/shm")
+    assert scratch.is_dir() and scratch.stat().st_dev != tmp_path.stat().st_dev, \
+        "this test needs /dev/shm on another file system than the test's temporary directory"
+    out = tmp_path / "lib"
+    proc = subprocess.run([sys.executable, str(ROOT / "build_ffi.py"), str(out)], cwd=ROOT,
+                          env={**os.environ, "TMPDIR": str(scratch)},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "libkms-pkcs11.so").is_file()
+    assert [p.name for p in out.iterdir()] == ["libkms-pkcs11.so"]  # nothing staged left over
