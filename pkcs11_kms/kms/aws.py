@@ -382,12 +382,16 @@ class AwsKms(KmsBackend):
         except BaseException as exc:  # asyncio.CancelledError is a BaseException
             raise self._failed(exc, operation, key) from None
 
+    def unprepared(self) -> bool:
+        """Whether keys came from the cache and this process has made no client since."""
+        return self._from_cache and self._ready_generation != loop.generation()
+
     def prepare_for_children(self) -> None:
         """Before a fork, when keys came from the cache: import the KMS stack and make the client
         now, while the process may still read the files they come from (docs/design.md, "Key
         cache"). A child (nginx's worker, which then drops privileges) makes its own client from
         what the parent loaded. Never raises: the fork goes on."""
-        if not self._from_cache or self._ready_generation == loop.generation():
+        if not self.unprepared():
             return
         self._from_cache = False  # once: a failure is the first call's to report, as without
 
@@ -735,9 +739,11 @@ _instances: weakref.WeakSet[AwsKms] = weakref.WeakSet()
 
 def _before_fork() -> None:
     """docs/design.md, "Key cache": a child must not be the first to import the KMS stack."""
-    if not hostsafe.openssl_ready() or hostsafe.exiting():
+    unprepared = [b for b in list(_instances) if b.unprepared()]
+    # checked first: a fork with nothing to prepare must not start the OpenSSL probe, nor wait
+    if not unprepared or hostsafe.exiting() or not hostsafe.openssl_ready():
         return
-    for backend in list(_instances):
+    for backend in unprepared:
         backend.prepare_for_children()
 
 
